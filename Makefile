@@ -1,0 +1,67 @@
+# ngx-wsgi: build, test, run.
+#
+#   make run     serve examples/ on http://127.0.0.1:8080 (installs what is missing, builds)
+#   make test    unit tests + integration tests against Debian's nginx and the vendored nginx
+#   make build   the module for Debian's nginx (build/debian) and for the vendored nginx (build/vendored)
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3.11
+export PYO3_PYTHON := $(PYTHON)
+CARGO ?= cargo
+PROFILE ?= release
+BUILD := $(CURDIR)/build
+NGX_DEB_TREE := $(BUILD)/nginx-debian-src
+DEB_ENV := NGINX_SOURCE_DIR=$(NGX_DEB_TREE) NGINX_BUILD_DIR=$(NGX_DEB_TREE)/objs
+VENV := $(BUILD)/venv
+SRCS := $(shell find src -type f) Cargo.toml build.rs
+
+.PHONY: all build build-debian build-vendored deps venv test unit-test integration-test run clean
+
+all: build
+
+deps:
+	ci/install-deps.sh
+
+# Debian's nginx-dev ships the source tree but no objs/: configure a copy with the flags
+# Debian's own nginx was built with, so the module's signature matches /usr/sbin/nginx.
+$(NGX_DEB_TREE)/objs/ngx_auto_config.h:
+	@test -d /usr/share/nginx/src || { echo "nginx-dev is not installed: run 'make deps'"; exit 1; }
+	rm -rf $(NGX_DEB_TREE) && mkdir -p $(BUILD) && cp -r /usr/share/nginx/src $(NGX_DEB_TREE)
+	cd $(NGX_DEB_TREE) && source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" > configure.log
+
+build: build-debian build-vendored
+
+build-debian: $(BUILD)/debian/ngx_http_wsgi_module.so
+build-vendored: $(BUILD)/vendored/ngx_http_wsgi_module.so
+
+$(BUILD)/debian/ngx_http_wsgi_module.so: $(SRCS) $(NGX_DEB_TREE)/objs/ngx_auto_config.h
+	$(DEB_ENV) $(CARGO) build --profile $(PROFILE) --target-dir target/debian
+	mkdir -p $(@D) && cp target/debian/$(PROFILE)/libngx_http_wsgi_module.so $@
+
+$(BUILD)/vendored/ngx_http_wsgi_module.so: $(SRCS)
+	$(CARGO) build --profile $(PROFILE) --features vendored --target-dir target/vendored
+	mkdir -p $(@D) && cp target/vendored/$(PROFILE)/libngx_http_wsgi_module.so $@
+	cp "$$(ls -t target/vendored/$(PROFILE)/build/nginx-sys-*/out/objs/nginx | head -1)" $(@D)/nginx
+
+$(VENV)/.done: tests/requirements.txt
+	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/.done
+
+unit-test: $(NGX_DEB_TREE)/objs/ngx_auto_config.h
+	$(DEB_ENV) $(CARGO) test --profile $(PROFILE) --target-dir target/debian --lib
+
+integration-test: build venv
+	NGX_WSGI_REQUIRE_ALL=$${NGX_WSGI_REQUIRE_ALL:-1} $(VENV)/bin/python -m pytest tests/ -v -ra
+
+test: unit-test integration-test
+
+run: 
+	@command -v nginx >/dev/null && test -d /usr/share/nginx/src || ci/install-deps.sh
+	$(MAKE) build-debian venv
+	$(VENV)/bin/python -m ngx_wsgi_cli serve examples/app.py --nginx /usr/sbin/nginx --module $(BUILD)/debian/ngx_http_wsgi_module.so --static /static=examples/static
+
+clean:
+	rm -rf build target

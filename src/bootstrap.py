@@ -1,0 +1,54 @@
+"""Helpers the module runs in each worker's interpreter (not on the request path)."""
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+
+
+def _resolve(module, callable_name, where):
+    obj = module
+    for part in callable_name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(
+                f"{where} has no attribute {callable_name!r}"
+            ) from None
+    if not callable(obj):
+        raise TypeError(f"{where}:{callable_name} is not callable")
+    return obj
+
+
+def load_script(path, callable_name):
+    """Imports a script file under a name unique to its path.
+
+    Two scripts both called wsgi.py in different directories get two module names, so
+    they never replace each other in sys.modules. The script's directory is appended to
+    sys.path (as mod_wsgi-express does), so modules beside it import.
+    """
+    path = os.path.abspath(path)
+    digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0])
+    name = f"_ngx_wsgi_{stem}_{digest}"
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.append(directory)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return _resolve(module, callable_name, path)
+
+
+def load_module(module_name, callable_name):
+    """Imports a dotted module from sys.path."""
+    module = importlib.import_module(module_name)
+    return _resolve(module, callable_name, module_name)

@@ -1,0 +1,381 @@
+//! Directives, their parsing and merging.
+//!
+//! Ownership: `MainConf` and `LocConf` are allocated in the configuration pool by `ngx-rust`
+//! (which registers a cleanup that drops them), so they may own Rust values. They are written
+//! while the master parses the configuration and only read afterwards, in the workers.
+//!
+//! Every directive handler reports problems the way nginx's own do: `[emerg]` through
+//! `ngx_conf_log_error`, which appends the file and line.
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+use std::path::{Path, PathBuf};
+
+use ngx::core::NGX_CONF_ERROR;
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_LOG_EMERG,
+};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
+use ngx::{ngx_conf_log_error, ngx_string};
+
+use crate::Module;
+
+/// What `wsgi_app` names: a script file or an importable module, and the callable in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    pub source: AppSource,
+    pub callable: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSource {
+    /// An absolute path to a Python file, loaded under a module name derived from the path.
+    Script(PathBuf),
+    /// A dotted module name, imported from `sys.path`.
+    Module(String),
+}
+
+impl AppSpec {
+    /// How the application is named in log messages: as the user wrote it, made absolute.
+    pub fn display(&self) -> String {
+        match &self.source {
+            AppSource::Script(p) => format!("{}:{}", p.display(), self.callable),
+            AppSource::Module(m) => format!("{}:{}", m, self.callable),
+        }
+    }
+}
+
+/// http-level settings: one interpreter per worker, so these are per process.
+#[derive(Debug, Default)]
+pub struct MainConf {
+    pub python_home: Option<PathBuf>,
+    pub python_path: Vec<PathBuf>,
+    /// Every application named by a `wsgi_app` anywhere in the configuration; locations
+    /// refer to them by index. Identical specs share one entry (and one loaded app).
+    pub apps: Vec<AppSpec>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LocConf {
+    /// Index into `MainConf::apps`. Not inherited: like `proxy_pass`, `wsgi_app` makes the
+    /// location it appears in a WSGI location, not its nested locations.
+    pub app: Option<usize>,
+    /// `SCRIPT_NAME`, normalised: no trailing slash, `None` when unset.
+    pub script_name: Option<String>,
+    pub script_name_set: bool,
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        if !self.script_name_set {
+            self.script_name = prev.script_name.clone();
+            self.script_name_set = prev.script_name_set;
+        }
+        Ok(())
+    }
+}
+
+pub const COMMAND_COUNT: usize = 4;
+
+/// The directive table; `lib.rs` keeps it in a static for nginx.
+pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
+    [
+        ngx_command_t {
+            name: ngx_string!("wsgi_app"),
+            type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_app),
+            conf: NGX_HTTP_LOC_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_script_name"),
+            type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_script_name),
+            conf: NGX_HTTP_LOC_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_python_home"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_python_home),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_python_path"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+            set: Some(set_python_path),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t::empty(),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing (safe, unit-tested)
+// ---------------------------------------------------------------------------------------
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c == '_' || c.is_alphabetic() => {}
+        _ => return false,
+    }
+    chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+fn is_dotted_name(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(is_identifier)
+}
+
+/// Parses `PATH_OR_MODULE[:CALLABLE]`. A value with a `/` or ending in `.py` is a script;
+/// relative script paths are resolved against `prefix` (nginx's `-p`), as nginx does for
+/// its other paths.
+pub fn parse_app_spec(value: &str, prefix: &Path) -> Result<AppSpec, String> {
+    if value.is_empty() {
+        return Err("empty application".into());
+    }
+    let (target, callable) = match value.rsplit_once(':') {
+        Some((t, c)) if is_dotted_name(c) => (t, c.to_string()),
+        Some((_, c)) if !value.contains('/') => {
+            return Err(format!("invalid callable name \"{c}\""));
+        }
+        _ => (value, "application".to_string()),
+    };
+    if target.contains('/') || target.ends_with(".py") {
+        let path = Path::new(target);
+        let path = if path.is_absolute() { path.to_path_buf() } else { prefix.join(path) };
+        return Ok(AppSpec { source: AppSource::Script(path), callable });
+    }
+    if !is_dotted_name(target) {
+        return Err(format!("invalid module name \"{target}\""));
+    }
+    Ok(AppSpec { source: AppSource::Module(target.to_string()), callable })
+}
+
+/// Normalises a `wsgi_script_name` value: must start with `/`; a trailing slash is dropped
+/// (so `/` means the empty SCRIPT_NAME of an application mounted at the root).
+pub fn parse_script_name(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') {
+        return Err(format!("must start with \"/\", not \"{value}\""));
+    }
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("contains control characters".into());
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Directive handlers (the FFI edge of configuration)
+// ---------------------------------------------------------------------------------------
+
+/// The directive's arguments, `args[0]` being its name.
+///
+/// # Safety
+/// `cf` must be the configuration being parsed, as passed to a directive handler.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a str> {
+    // SAFETY: during a directive handler `cf->args` is an array of `ngx_str_t` that lives in
+    // the configuration pool for the whole parse.
+    let arr = unsafe { &*(*cf).args };
+    let elts = unsafe { core::slice::from_raw_parts(arr.elts as *const ngx_str_t, arr.nelts) };
+    // Non-UTF-8 arguments are turned into an empty string, which every handler rejects.
+    elts.iter()
+        .map(|s| core::str::from_utf8(s.as_bytes()).unwrap_or(""))
+        .collect()
+}
+
+/// nginx's prefix (`-p`), against which relative paths in the configuration are resolved.
+///
+/// # Safety
+/// `cf` must be the configuration being parsed.
+unsafe fn prefix(cf: *mut ngx_conf_t) -> PathBuf {
+    // SAFETY: the cycle and its prefix live for the whole configuration parse.
+    let p = unsafe { &(*(*cf).cycle).prefix };
+    PathBuf::from(String::from_utf8_lossy(p.as_bytes()).into_owned())
+}
+
+fn conf_ok() -> *mut c_char {
+    ptr::null_mut()
+}
+
+fn conf_error() -> *mut c_char {
+    NGX_CONF_ERROR as *mut c_char
+}
+
+extern "C" fn set_app(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with the parse state and this module's location
+    // configuration (NGX_HTTP_LOC_CONF_OFFSET), which `create_loc_conf` made a `LocConf`.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    if lcf.app.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let (value, prefix) = unsafe { (args(cf)[1], prefix(cf)) };
+    let spec = match parse_app_spec(value, &prefix) {
+        Ok(spec) => spec,
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_app\" value \"{value}\": {e}");
+            return conf_error();
+        }
+    };
+    if let AppSource::Script(path) = &spec.source {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"wsgi_app\" script \"{}\" is not a regular file",
+                    path.display()
+                );
+                return conf_error();
+            }
+            Err(e) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"wsgi_app\" script \"{}\" cannot be opened: {e}",
+                    path.display()
+                );
+                return conf_error();
+            }
+        }
+    }
+
+    // SAFETY: the http main configuration exists while locations are parsed.
+    let Some(mcf) = (unsafe { Module::main_conf_mut(&*cf) }) else {
+        return conf_error();
+    };
+    let index = match mcf.apps.iter().position(|a| *a == spec) {
+        Some(i) => i,
+        None => {
+            mcf.apps.push(spec);
+            mcf.apps.len() - 1
+        }
+    };
+    lcf.app = Some(index);
+
+    // SAFETY: the core location configuration of the location being parsed.
+    let Some(clcf) = (unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) }) else {
+        return conf_error();
+    };
+    clcf.handler = Some(crate::handler::wsgi_handler);
+    conf_ok()
+}
+
+extern "C" fn set_script_name(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in `set_app`.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    if lcf.script_name_set {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_script_name(value) {
+        Ok(s) => {
+            lcf.script_name = Some(s);
+            lcf.script_name_set = true;
+            conf_ok()
+        }
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_script_name\" value: {e}");
+            conf_error()
+        }
+    }
+}
+
+extern "C" fn set_python_home(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.python_home.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let (value, prefix) = unsafe { (args(cf)[1], prefix(cf)) };
+    let dir = prefix.join(value);
+    if !dir.is_dir() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"wsgi_python_home\" directory \"{}\" does not exist",
+            dir.display()
+        );
+        return conf_error();
+    }
+    mcf.python_home = Some(dir);
+    conf_ok()
+}
+
+extern "C" fn set_python_path(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in `set_python_home`.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    let (values, prefix) = unsafe { (args(cf), prefix(cf)) };
+    for value in &values[1..] {
+        if value.is_empty() {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid empty \"wsgi_python_path\" value");
+            return conf_error();
+        }
+        mcf.python_path.push(prefix.join(value));
+    }
+    conf_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_paths_default_to_application() {
+        let s = parse_app_spec("/srv/blog/wsgi.py", Path::new("/p")).unwrap();
+        assert_eq!(s.source, AppSource::Script("/srv/blog/wsgi.py".into()));
+        assert_eq!(s.callable, "application");
+    }
+
+    #[test]
+    fn relative_scripts_resolve_against_prefix() {
+        let s = parse_app_spec("apps/wsgi.py:app", Path::new("/p")).unwrap();
+        assert_eq!(s.source, AppSource::Script("/p/apps/wsgi.py".into()));
+        assert_eq!(s.callable, "app");
+    }
+
+    #[test]
+    fn modules_with_callables() {
+        let s = parse_app_spec("shop.wsgi:app", Path::new("/")).unwrap();
+        assert_eq!(s.source, AppSource::Module("shop.wsgi".into()));
+        assert_eq!(s.callable, "app");
+        let s = parse_app_spec("shop.wsgi", Path::new("/")).unwrap();
+        assert_eq!(s.callable, "application");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(parse_app_spec("shop-x.wsgi", Path::new("/")).is_err());
+        assert!(parse_app_spec("shop.wsgi:1app", Path::new("/")).is_err());
+        assert!(parse_app_spec("", Path::new("/")).is_err());
+        assert!(parse_app_spec("shop..wsgi", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn script_names() {
+        assert_eq!(parse_script_name("/shop").unwrap(), "/shop");
+        assert_eq!(parse_script_name("/shop/").unwrap(), "/shop");
+        assert_eq!(parse_script_name("/").unwrap(), "");
+        assert!(parse_script_name("shop").is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! The content handler: read the body, run the application, finalize.
+//!
+//! The request path has three steps, kept apart so the middle one can move to a Python
+//! thread: (1) on the event loop, after nginx has read the whole body, copy what Python
+//! needs out of the request (`RequestParts::capture`); (2) call the application
+//! (`wsgi::run`), which only sees owned data and a `Sink`; (3) on the event loop, end the
+//! response and finalize the request. The handler returns `NGX_DONE`: the request stays
+//! alive (`ngx_http_read_client_request_body` took a reference) until step 3 finalizes it.
+
+use ngx::ffi::{
+    ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
+};
+use ngx::http::HttpModuleLocationConf;
+use ngx::ngx_log_debug;
+use pyo3::prelude::*;
+
+use crate::input::WsgiInput;
+use crate::interp;
+use crate::log::{Log, LogStream, NGX_LOG_ERR};
+use crate::output::{self, NgxSink};
+use crate::request::RequestParts;
+use crate::wsgi::{self, Outcome};
+use crate::Module;
+
+/// `clcf->handler` of every location with `wsgi_app`.
+pub extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls content handlers with a live request.
+    let log = unsafe { (*(*r).connection).log };
+    ngx_log_debug!(log, "wsgi handler");
+    // SAFETY: reading the body of a live request; nginx calls `body_read` once it is read,
+    // possibly before this call returns, and holds a reference to the request until then.
+    let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_read)) };
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        return rc;
+    }
+    NGX_DONE as ngx_int_t
+}
+
+/// Runs once the body has been read; finalizes the request exactly once.
+extern "C" fn body_read(r: *mut ngx_http_request_t) {
+    let rc = serve(r);
+    // SAFETY: the request is live until this call, which drops the body reader's reference.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: a live request, on its event loop thread, for the whole function.
+    let req = unsafe { &mut *r };
+    // SAFETY: the connection log lives as long as the request; `LogStream::detach` below
+    // moves `wsgi.errors` off it before the request ends.
+    let log = unsafe { Log::from_ptr((*req.connection).log) };
+    let Some(worker) = interp::worker() else {
+        log.error("wsgi: python is not available in this worker (see the errors at worker start)");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    let Some(app_index) = Module::location_conf(req).and_then(|l| l.app) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    let app = &worker.apps[app_index];
+
+    // Step 1: everything Python needs, copied out of the request.
+    // SAFETY: the body has been read (we are its post handler).
+    let mut parts = unsafe { RequestParts::capture(r) };
+    let body = std::mem::take(&mut parts.body);
+
+    // Step 2: the application.
+    // SAFETY: the sink is used on this thread only and dropped inside `run`.
+    let sink = Box::new(unsafe { NgxSink::new(r) });
+    let outcome = Python::attach(|py| {
+        let Some(callable) = worker.load(py, app, log) else {
+            return Outcome::FailedEarly;
+        };
+        let prepared = (|| -> PyResult<_> {
+            let input = Bound::new(py, WsgiInput::new(body))?;
+            let errors = Bound::new(py, LogStream::new(log, NGX_LOG_ERR))?;
+            let environ = crate::environ::build(
+                py,
+                worker.base_environ.bind(py),
+                &parts,
+                input.into_any(),
+                errors.clone().into_any(),
+            )?;
+            Ok((environ, errors))
+        })();
+        let (environ, errors) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
+                return Outcome::FailedEarly;
+            }
+        };
+        let outcome = wsgi::run(py, &callable, environ, sink, log, &app.name);
+        errors.borrow().detach();
+        outcome
+    });
+    ngx_log_debug!(log.as_ptr(), "wsgi app done: {:?}", outcome);
+
+    // Step 3: end the response.
+    match outcome {
+        // SAFETY: the header was sent by `run` for a complete response.
+        Outcome::Complete { short } => unsafe { output::finish(r, short) },
+        Outcome::FailedEarly => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        Outcome::FailedLate | Outcome::ClientGone => NGX_ERROR as ngx_int_t,
+    }
+}

@@ -1,0 +1,205 @@
+//! The interpreter of one worker process: start, application import, stop.
+//!
+//! Lifetime: Python starts in `init_process` (after the fork, never in the master) and stops
+//! in `exit_process`. Between the two, `WORKER` holds the imported applications and the
+//! per-worker constant environ. A reload starts new workers, hence new interpreters that
+//! import the current code.
+//!
+//! Applications are imported when the worker starts, so the first request does not pay for
+//! the import and a broken application shows its traceback in the log at once. An import
+//! that fails is retried at the application's next request (answering 500 while it fails).
+
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyModule};
+
+use crate::conf::{AppSource, AppSpec, MainConf};
+use crate::log::{Log, LogStream, NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_NOTICE};
+
+/// Helpers written in Python: importing scripts under unique names, and the like.
+const BOOTSTRAP: &str = include_str!("bootstrap.py");
+
+pub struct App {
+    pub spec: AppSpec,
+    pub name: String,
+    /// The callable, once imported.
+    pub callable: Mutex<Option<Py<PyAny>>>,
+}
+
+pub struct Worker {
+    pub apps: Vec<App>,
+    pub base_environ: Py<PyDict>,
+    bootstrap: Py<PyModule>,
+}
+
+static WORKER: OnceLock<Worker> = OnceLock::new();
+
+/// The worker's interpreter state, if Python started.
+pub fn worker() -> Option<&'static Worker> {
+    WORKER.get()
+}
+
+fn status_failed(status: &ffi::PyStatus) -> bool {
+    // SAFETY: `PyStatus_Exception` only reads the status value.
+    unsafe { ffi::PyStatus_Exception(*status) != 0 }
+}
+
+fn status_message(status: &ffi::PyStatus) -> String {
+    if status.err_msg.is_null() {
+        return "unknown error".into();
+    }
+    // SAFETY: a failed status carries a static C string.
+    unsafe { std::ffi::CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
+}
+
+/// `Py_InitializeFromConfig` with nginx's needs: no signal handlers (nginx owns signals), no
+/// command line parsing, and a virtualenv given by `wsgi_python_home` found the way Python
+/// itself finds one (its `pyvenv.cfg` beside the `bin/python` it names).
+fn initialize(home: Option<&Path>) -> Result<(), String> {
+    // SAFETY: called once per process, before any other Python call, on the thread that
+    // will own the main thread state; `config` is initialised by `PyConfig_InitPythonConfig`
+    // and cleared on every path.
+    unsafe {
+        if ffi::Py_IsInitialized() != 0 {
+            return Ok(());
+        }
+        let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
+        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let config = config.assume_init_mut();
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        config.use_environment = 1;
+        config.user_site_directory = 0;
+
+        let cfg: *mut ffi::PyConfig = config;
+        let set = |field: *mut *mut libc::wchar_t, value: &str| -> Result<(), String> {
+            let c = CString::new(value).map_err(|_| format!("invalid path \"{value}\""))?;
+            let status = ffi::PyConfig_SetBytesString(cfg, field, c.as_ptr());
+            if status_failed(&status) {
+                return Err(status_message(&status));
+            }
+            Ok(())
+        };
+        let result = (|| {
+            if let Some(home) = home {
+                let home_s = home.to_string_lossy();
+                if home.join("pyvenv.cfg").is_file() {
+                    // A virtualenv: Python reads pyvenv.cfg next to the executable's dir.
+                    set(&raw mut (*cfg).executable, &format!("{home_s}/bin/python3"))?;
+                    set(&raw mut (*cfg).program_name, &format!("{home_s}/bin/python3"))?;
+                } else {
+                    // A Python installation prefix, as PYTHONHOME would name it.
+                    set(&raw mut (*cfg).home, &home_s)?;
+                }
+            }
+            let status = ffi::Py_InitializeFromConfig(cfg);
+            if status_failed(&status) {
+                return Err(status_message(&status));
+            }
+            Ok(())
+        })();
+        ffi::PyConfig_Clear(cfg);
+        result?;
+        // Initialisation leaves this thread holding the GIL: release it, so that
+        // `Python::attach` works from here on, on this thread and others.
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
+}
+
+/// Starts Python in this worker and imports every application. Failures are logged; the
+/// worker keeps serving everything else.
+pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
+    // SAFETY: the cycle log outlives the worker.
+    let log = unsafe { Log::from_ptr(log) };
+    if let Err(e) = initialize(mcf.python_home.as_deref()) {
+        log.write(NGX_LOG_ALERT, &format!("wsgi: python initialization failed: {e}"));
+        return;
+    }
+    let started = Python::attach(|py| -> PyResult<Worker> {
+        let sys = py.import("sys")?;
+        // sys.stderr / sys.stdout write into nginx's error log, with its prefix and level.
+        sys.setattr("stderr", Bound::new(py, LogStream::new(Log::cycle(), NGX_LOG_ERR))?)?;
+        sys.setattr("stdout", Bound::new(py, LogStream::new(Log::cycle(), NGX_LOG_NOTICE))?)?;
+
+        let path = sys.getattr("path")?;
+        for (i, dir) in mcf.python_path.iter().enumerate() {
+            path.call_method1("insert", (i, dir.to_string_lossy().as_ref()))?;
+        }
+
+        let code = CString::new(BOOTSTRAP).expect("bootstrap has no NUL");
+        let bootstrap = PyModule::from_code(py, &code, c"ngx_wsgi_bootstrap.py", c"_ngx_wsgi")?;
+        let file_wrapper = py.get_type::<crate::wsgi::FileWrapper>();
+        let base = crate::environ::base_environ(py, false, true, file_wrapper.as_any())?;
+
+        let apps = mcf
+            .apps
+            .iter()
+            .map(|spec| App { spec: spec.clone(), name: spec.display(), callable: Mutex::new(None) })
+            .collect();
+        Ok(Worker { apps, base_environ: base.unbind(), bootstrap: bootstrap.unbind() })
+    });
+    let worker = match started {
+        Ok(w) => w,
+        Err(e) => {
+            Python::attach(|py| log.exception(py, "wsgi: python setup failed", &e));
+            return;
+        }
+    };
+    let worker = WORKER.get_or_init(|| worker);
+    Python::attach(|py| {
+        for app in &worker.apps {
+            let _ = worker.load(py, app, log);
+        }
+    });
+}
+
+impl Worker {
+    /// The application's callable, importing it if that has not succeeded yet.
+    pub fn load<'py>(&self, py: Python<'py>, app: &App, log: Log) -> Option<Bound<'py, PyAny>> {
+        let mut slot = app.callable.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Some(c.bind(py).clone());
+        }
+        let bootstrap = self.bootstrap.bind(py);
+        let loaded = match &app.spec.source {
+            AppSource::Script(path) => bootstrap.call_method1(
+                "load_script",
+                (path.to_string_lossy().as_ref(), app.spec.callable.as_str()),
+            ),
+            AppSource::Module(module) => {
+                bootstrap.call_method1("load_module", (module.as_str(), app.spec.callable.as_str()))
+            }
+        };
+        match loaded {
+            Ok(callable) => {
+                *slot = Some(callable.clone().unbind());
+                log.write(crate::log::NGX_LOG_INFO, &format!("wsgi app \"{}\" loaded", app.name));
+                Some(callable)
+            }
+            Err(e) => {
+                log.exception(py, &format!("wsgi app \"{}\" could not be loaded", app.name), &e);
+                None
+            }
+        }
+    }
+}
+
+/// Stops the interpreter: `atexit` handlers run, buffered output is flushed.
+pub fn stop_worker() {
+    // SAFETY: exit_process runs on the worker's main thread, after the event loop stopped;
+    // no other thread of ours runs Python any more.
+    unsafe {
+        if ffi::Py_IsInitialized() == 0 {
+            return;
+        }
+        let _gil = ffi::PyGILState_Ensure();
+        if ffi::Py_FinalizeEx() < 0 {
+            Log::cycle().write(NGX_LOG_ALERT, "wsgi: python finalization failed");
+        }
+    }
+}

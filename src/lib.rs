@@ -1,0 +1,96 @@
+//! `ngx_http_wsgi_module`: runs Python WSGI (PEP 3333) applications inside nginx workers.
+//!
+//! This file is wiring only: the module statics nginx looks up after `dlopen`, the HTTP module
+//! context, and the process hooks. Directives live in `conf.rs`, the interpreter in `interp.rs`,
+//! the request path in `handler.rs` (nginx side) and `wsgi.rs` (Python side).
+
+use core::ffi::c_void;
+use core::ptr::addr_of;
+
+use ngx::ffi::{
+    ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
+    ngx_uint_t, NGX_HTTP_MODULE,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+
+pub mod conf;
+pub mod environ;
+pub mod handler;
+pub mod input;
+pub mod interp;
+pub mod log;
+pub mod output;
+pub mod request;
+pub mod response;
+pub mod wsgi;
+
+/// The module type behind the `ngx-rust` traits.
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: nginx writes the module's indices once, while loading the configuration in
+        // the master; afterwards the static is only read.
+        unsafe { &*addr_of!(ngx_http_wsgi_module) }
+    }
+}
+
+// SAFETY: the main configuration slot of this module always holds a `conf::MainConf`
+// (created by `create_main_conf`).
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = conf::MainConf;
+}
+
+// SAFETY: the location configuration slot always holds a `conf::LocConf`.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = conf::LocConf;
+}
+
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; conf::COMMAND_COUNT + 1] = conf::commands();
+
+static NGX_HTTP_WSGI_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
+};
+
+#[cfg(not(test))]
+ngx::ngx_modules!(ngx_http_wsgi_module);
+
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(test), no_mangle, used)]
+pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(NGX_HTTP_WSGI_MODULE_CTX) as *mut c_void,
+    // SAFETY: the command table is a static that nginx only reads.
+    commands: unsafe { addr_of!(NGX_HTTP_WSGI_COMMANDS[0]) as *mut ngx_command_t },
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
+    ..ngx_module_t::default()
+};
+
+/// Starts Python in a worker, after the fork: each worker has its own interpreter, and the
+/// master never has one, so a reload brings fresh interpreters and fresh application code.
+extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the live cycle of this worker.
+    let cycle = unsafe { &*cycle };
+    let Some(mcf) = Module::main_conf(cycle) else {
+        return ngx::core::Status::NGX_OK.into();
+    };
+    if mcf.apps.is_empty() {
+        // The module is loaded but no location names an application: no interpreter.
+        return ngx::core::Status::NGX_OK.into();
+    }
+    interp::start_worker(mcf, cycle.log);
+    ngx::core::Status::NGX_OK.into()
+}
+
+/// Stops the worker's interpreter (runs `atexit` handlers) when the worker exits.
+extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    interp::stop_worker();
+}

@@ -1,0 +1,382 @@
+//! `start_response`, `write()`, and the rules a response must follow (PEP 3333).
+//!
+//! The application's status and headers are validated here, in safe Rust, before anything
+//! reaches nginx: a status that is not `"NNN reason"`, a header name that is not an HTTP
+//! token, a value with CR/LF or other control characters, or text that is not latin-1 raises
+//! an exception in the application, which ends as a 500 with the reason in the error log.
+//! Nothing invalid is ever forwarded.
+//!
+//! Ownership: a `Responder` is shared (`Rc<RefCell<..>>`) between the driver in `wsgi.rs`,
+//! the `start_response` callable and the `write` callable; all three live on the thread that
+//! runs the application, for the duration of one request.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+/// What the status line and headers of a response are, ready for nginx.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// The whole status as the application gave it, e.g. `200 OK` (latin-1 bytes).
+    pub status_line: Vec<u8>,
+    pub content_type: Option<Vec<u8>>,
+    pub content_length: Option<u64>,
+    /// All other headers, in order, as latin-1 bytes.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The application asked for `Connection: close`.
+    pub close: bool,
+}
+
+/// Why the response could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkError {
+    /// The client went away or the connection failed.
+    Closed,
+}
+
+/// Where a response goes: nginx's header and body filters (see `output.rs`), or later a
+/// channel to the event loop.
+pub trait Sink {
+    /// Sends the status line and headers. Returns whether a body may follow (false for HEAD,
+    /// 1xx, 204 and 304).
+    fn start(&mut self, head: &ResponseHead) -> Result<bool, SinkError>;
+    /// Sends (and flushes) a piece of the body.
+    fn body(&mut self, data: &[u8]) -> Result<(), SinkError>;
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Encodes `s` as latin-1, refusing characters above U+00FF.
+pub fn latin1(s: &str) -> Option<Vec<u8>> {
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+/// Checks a status such as `200 OK`: three digits, a space, a reason without control
+/// characters. Returns the code.
+pub fn parse_status(status: &[u8]) -> Result<u16, String> {
+    let shown = String::from_utf8_lossy(status);
+    if status.len() < 4 || status[3] != b' ' || !status[..3].iter().all(u8::is_ascii_digit) {
+        return Err(format!("invalid status \"{shown}\": it must be a 3-digit code, a space and a reason phrase"));
+    }
+    let code: u16 = std::str::from_utf8(&status[..3]).unwrap_or("0").parse().unwrap_or(0);
+    if code < 100 {
+        return Err(format!("invalid status code in \"{shown}\""));
+    }
+    if status[4..].iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("invalid status: the reason phrase contains control characters".into());
+    }
+    Ok(code)
+}
+
+/// Checks one header; returns it as latin-1 bytes.
+pub fn check_header(name: &str, value: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    let Some(v) = latin1(value) else {
+        return Err(format!("header {name:?} has a value that is not latin-1 text: {value:?}"));
+    };
+    if v.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Err(format!("header {name:?} has a value with CR or LF: {value:?}"));
+    }
+    if v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(format!("header {name:?} has a value with control characters: {value:?}"));
+    }
+    Ok((name.as_bytes().to_vec(), v))
+}
+
+/// Hop-by-hop headers belong to the server (PEP 3333): `Connection: close` is honoured by
+/// closing the connection after the response, the others are dropped.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: &[&[u8]] = &[
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Builds the head from validated pieces.
+pub fn build_head(code: u16, status_line: Vec<u8>, headers: Vec<(Vec<u8>, Vec<u8>)>) -> Result<ResponseHead, String> {
+    let mut head = ResponseHead { status: code, status_line, ..Default::default() };
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"content-type") {
+            head.content_type = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let text = String::from_utf8_lossy(&value);
+            let n: u64 = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid Content-Length header {text:?}"))?;
+            if head.content_length.is_some_and(|old| old != n) {
+                return Err("conflicting Content-Length headers".into());
+            }
+            head.content_length = Some(n);
+        } else if is_hop_by_hop(&name) {
+            if name.eq_ignore_ascii_case(b"connection")
+                && value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                head.close = true;
+            }
+        } else {
+            head.headers.push((name, value));
+        }
+    }
+    Ok(head)
+}
+
+/// The response state of one request.
+pub struct Responder {
+    pub head: Option<ResponseHead>,
+    pub headers_sent: bool,
+    /// False once the sink said the response has no body (HEAD, 204, 304).
+    pub body_allowed: bool,
+    pub bytes_sent: u64,
+    /// Bytes the application produced beyond its Content-Length (cut, not sent).
+    pub excess: u64,
+    pub client_gone: bool,
+    pub sink: Box<dyn Sink>,
+}
+
+impl Responder {
+    pub fn new(sink: Box<dyn Sink>) -> Responder {
+        Responder {
+            head: None,
+            headers_sent: false,
+            body_allowed: true,
+            bytes_sent: 0,
+            excess: 0,
+            client_gone: false,
+            sink,
+        }
+    }
+
+    /// Sends the headers if they are not sent yet.
+    pub fn send_headers(&mut self) -> PyResult<()> {
+        if self.headers_sent {
+            return Ok(());
+        }
+        let Some(head) = self.head.as_ref() else {
+            return Err(PyRuntimeError::new_err(
+                "the application produced a response before calling start_response()",
+            ));
+        };
+        self.headers_sent = true;
+        match self.sink.start(head) {
+            Ok(body) => {
+                self.body_allowed = body;
+                Ok(())
+            }
+            Err(SinkError::Closed) => {
+                self.client_gone = true;
+                Err(client_gone())
+            }
+        }
+    }
+
+    /// Sends a piece of body, headers first. A body longer than the declared
+    /// Content-Length is cut at that length.
+    pub fn send_body(&mut self, data: &[u8]) -> PyResult<()> {
+        self.send_headers()?;
+        if !self.body_allowed || data.is_empty() {
+            return Ok(());
+        }
+        let mut data = data;
+        if let Some(cl) = self.head.as_ref().and_then(|h| h.content_length) {
+            let room = cl.saturating_sub(self.bytes_sent);
+            if (data.len() as u64) > room {
+                self.excess += data.len() as u64 - room;
+                data = &data[..room as usize];
+                if data.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        match self.sink.body(data) {
+            Ok(()) => {
+                self.bytes_sent += data.len() as u64;
+                Ok(())
+            }
+            Err(SinkError::Closed) => {
+                self.client_gone = true;
+                Err(client_gone())
+            }
+        }
+    }
+
+    /// True when fewer bytes were sent than the Content-Length promised.
+    pub fn short(&self) -> bool {
+        self.body_allowed
+            && self.head.as_ref().and_then(|h| h.content_length).is_some_and(|cl| self.bytes_sent < cl)
+    }
+}
+
+pub fn client_gone() -> PyErr {
+    PyOSError::new_err("client disconnected")
+}
+
+/// The `start_response` callable handed to the application.
+#[pyclass(module = "ngx_wsgi", name = "StartResponse", unsendable)]
+pub struct StartResponse {
+    pub responder: Rc<RefCell<Responder>>,
+}
+
+/// The `write` callable that `start_response` returns.
+#[pyclass(module = "ngx_wsgi", name = "Write", unsendable)]
+pub struct Write {
+    responder: Rc<RefCell<Responder>>,
+}
+
+fn type_name(o: &Bound<'_, PyAny>) -> String {
+    o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+fn header_list(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(list) = headers.cast::<PyList>() {
+        list.iter().collect()
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "start_response() headers must be a list of (name, value) tuples, not {}",
+            type_name(headers)
+        )));
+    };
+    for item in items {
+        let Ok(t) = item.cast::<PyTuple>() else {
+            return Err(PyTypeError::new_err(format!(
+                "start_response() header must be a (name, value) tuple, not {}",
+                type_name(&item)
+            )));
+        };
+        if t.len() != 2 {
+            return Err(PyTypeError::new_err("start_response() header tuple must have 2 items"));
+        }
+        let (name, value) = (t.get_item(0)?, t.get_item(1)?);
+        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+            return Err(PyTypeError::new_err(format!(
+                "start_response() header name and value must be str, not {} and {}",
+                type_name(&name),
+                type_name(&value)
+            )));
+        };
+        let checked = check_header(&name.to_cow()?, &value.to_cow()?).map_err(PyValueError::new_err)?;
+        out.push(checked);
+    }
+    Ok(out)
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        exc_info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Write> {
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let r = self.responder.borrow();
+            if let Some(exc_info) = exc_info {
+                if r.headers_sent {
+                    // Too late to replace the response: re-raise the application's error.
+                    let value = exc_info.get_item(1)?;
+                    return Err(PyErr::from_value(value));
+                }
+            } else if r.head.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "start_response() called again without exc_info",
+                ));
+            }
+        }
+        let Ok(status) = status.cast::<PyString>() else {
+            return Err(PyTypeError::new_err(format!(
+                "start_response() status must be str, not {}",
+                type_name(status)
+            )));
+        };
+        let status_text = status.to_cow()?;
+        let status_line = latin1(&status_text)
+            .ok_or_else(|| PyValueError::new_err(format!("status {status_text:?} is not latin-1 text")))?;
+        let code = parse_status(&status_line).map_err(PyValueError::new_err)?;
+        let headers = header_list(headers)?;
+        let head = build_head(code, status_line, headers).map_err(PyValueError::new_err)?;
+        self.responder.borrow_mut().head = Some(head);
+        let _ = py;
+        Ok(Write { responder: self.responder.clone() })
+    }
+}
+
+#[pymethods]
+impl Write {
+    fn __call__(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Ok(bytes) = data.cast::<PyBytes>() else {
+            return Err(PyTypeError::new_err(format!("write() argument must be bytes, not {}", type_name(data))));
+        };
+        self.responder.borrow_mut().send_body(bytes.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(parse_status(b"200 OK"), Ok(200));
+        assert_eq!(parse_status(b"404 Not Found"), Ok(404));
+        assert_eq!(parse_status(b"599 "), Ok(599));
+        assert!(parse_status(b"200").is_err());
+        assert!(parse_status(b"200OK").is_err());
+        assert!(parse_status(b"2x0 OK").is_err());
+        assert!(parse_status(b" 200 OK").is_err());
+        assert!(parse_status(b"099 Low").is_err());
+        assert!(parse_status(b"200 OK\r\nX: y").is_err());
+    }
+
+    #[test]
+    fn headers_refuse_crlf_and_non_latin1() {
+        assert!(check_header("X-A", "fine value\tand tab").is_ok());
+        assert!(check_header("X-A", "a\r\nSet-Cookie: evil").is_err());
+        assert!(check_header("X-A", "a\nb").is_err());
+        assert!(check_header("X-A", "euro \u{20ac}").is_err());
+        assert!(check_header("X A", "v").is_err());
+        assert!(check_header("", "v").is_err());
+        assert!(check_header("X-A", "nul\0").is_err());
+        assert_eq!(check_header("X-A", "caf\u{e9}").unwrap().1, b"caf\xe9");
+    }
+
+    #[test]
+    fn head_classifies_headers() {
+        let h = build_head(
+            200,
+            b"200 OK".to_vec(),
+            vec![
+                (b"Content-Type".to_vec(), b"text/plain".to_vec()),
+                (b"Content-Length".to_vec(), b"12".to_vec()),
+                (b"Connection".to_vec(), b"close".to_vec()),
+                (b"Transfer-Encoding".to_vec(), b"chunked".to_vec()),
+                (b"X-A".to_vec(), b"1".to_vec()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(h.content_type.as_deref(), Some(&b"text/plain"[..]));
+        assert_eq!(h.content_length, Some(12));
+        assert!(h.close);
+        assert_eq!(h.headers, vec![(b"X-A".to_vec(), b"1".to_vec())]);
+        assert!(build_head(200, b"200 OK".to_vec(), vec![(b"Content-Length".to_vec(), b"x".to_vec())]).is_err());
+    }
+}
