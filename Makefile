@@ -36,12 +36,12 @@ build-vendored: $(BUILD)/vendored/ngx_http_wsgi_module.so
 
 $(BUILD)/debian/ngx_http_wsgi_module.so: $(SRCS) $(NGX_DEB_TREE)/objs/ngx_auto_config.h
 	$(DEB_ENV) $(CARGO) build --profile $(PROFILE) --target-dir target/debian
-	mkdir -p $(@D) && cp target/debian/$(PROFILE)/libngx_http_wsgi_module.so $@
+	mkdir -p $(@D) && cp target/debian/$(PROFILE)/libngx_http_wsgi_module.so $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/vendored/ngx_http_wsgi_module.so: $(SRCS)
 	$(CARGO) build --profile $(PROFILE) --features vendored --target-dir target/vendored
-	mkdir -p $(@D) && cp target/vendored/$(PROFILE)/libngx_http_wsgi_module.so $@
-	cp "$$(ls -t target/vendored/$(PROFILE)/build/nginx-sys-*/out/objs/nginx | head -1)" $(@D)/nginx
+	mkdir -p $(@D) && cp target/vendored/$(PROFILE)/libngx_http_wsgi_module.so $@.tmp && mv -f $@.tmp $@
+	cp "$$(ls -t target/vendored/$(PROFILE)/build/nginx-sys-*/out/objs/nginx | head -1)" $(@D)/nginx.tmp && mv -f $(@D)/nginx.tmp $(@D)/nginx
 
 $(VENV)/.done: tests/requirements.txt
 	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
@@ -58,10 +58,15 @@ integration-test: build venv
 
 test: unit-test integration-test
 
-run: 
+DEMO := $(BUILD)/demo
+run:
 	@command -v nginx >/dev/null && test -d /usr/share/nginx/src || ci/install-deps.sh
-	$(MAKE) build-debian venv
-	$(VENV)/bin/python -m ngx_wsgi_cli serve examples/app.py --nginx /usr/sbin/nginx --module $(BUILD)/debian/ngx_http_wsgi_module.so --static /static=examples/static
+	$(MAKE) build-debian
+	mkdir -p $(DEMO)
+	sed -e 's#@ROOT@#$(CURDIR)#g' -e 's#@PREFIX@#$(DEMO)#g' \
+	    -e 's#@MODULE@#$(BUILD)/debian/ngx_http_wsgi_module.so#g' nginx-conf/demo.conf.in > $(DEMO)/nginx.conf
+	@echo "serving examples/ on http://127.0.0.1:8080 (Ctrl-C stops)"
+	exec /usr/sbin/nginx -p $(DEMO) -c $(DEMO)/nginx.conf
 
 clean:
 	rm -rf build target

@@ -1,0 +1,1 @@
+"""Minimal Django project for the ngx-wsgi integration tests (admin only)."""

@@ -1,0 +1,9 @@
+"""WSGI entry point, served as ``djangosite.wsgi:application``."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djangosite.settings")
+
+application = get_wsgi_application()
