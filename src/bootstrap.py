@@ -7,6 +7,10 @@ import os
 import sys
 
 
+class RequestTimeout(Exception):
+    """Raised inside an application that ran past wsgi_timeout (the client got a 504)."""
+
+
 def _resolve(module, callable_name, where):
     obj = module
     for part in callable_name.split("."):

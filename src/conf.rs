@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
     NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule};
@@ -55,6 +55,24 @@ pub struct MainConf {
     /// Every application named by a `wsgi_app` anywhere in the configuration; locations
     /// refer to them by index. Identical specs share one entry (and one loaded app).
     pub apps: Vec<AppSpec>,
+    /// `wsgi_threads`: Python threads per worker; 0 runs applications on the event loop.
+    pub threads: Option<usize>,
+    /// `wsgi_queue`: requests that may wait for a thread, per worker.
+    pub queue: Option<usize>,
+}
+
+pub const DEFAULT_THREADS: usize = 16;
+pub const DEFAULT_QUEUE: usize = 256;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+impl MainConf {
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or(DEFAULT_THREADS)
+    }
+
+    pub fn queue(&self) -> usize {
+        self.queue.unwrap_or(DEFAULT_QUEUE)
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -65,6 +83,14 @@ pub struct LocConf {
     /// `SCRIPT_NAME`, normalised: no trailing slash, `None` when unset.
     pub script_name: Option<String>,
     pub script_name_set: bool,
+    /// `wsgi_timeout` in milliseconds (0: none).
+    pub timeout_ms: Option<u64>,
+}
+
+impl LocConf {
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
 }
 
 impl Merge for LocConf {
@@ -73,11 +99,14 @@ impl Merge for LocConf {
             self.script_name = prev.script_name.clone();
             self.script_name_set = prev.script_name_set;
         }
+        if self.timeout_ms.is_none() {
+            self.timeout_ms = prev.timeout_ms;
+        }
         Ok(())
     }
 }
 
-pub const COMMAND_COUNT: usize = 4;
+pub const COMMAND_COUNT: usize = 7;
 
 /// The directive table; `lib.rs` keeps it in a static for nginx.
 pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
@@ -92,7 +121,7 @@ pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
         },
         ngx_command_t {
             name: ngx_string!("wsgi_script_name"),
-            type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
             set: Some(set_script_name),
             conf: NGX_HTTP_LOC_CONF_OFFSET,
             offset: 0,
@@ -111,6 +140,30 @@ pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
             type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE) as ngx_uint_t,
             set: Some(set_python_path),
             conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_threads"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_threads),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_queue"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_queue),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_timeout"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_timeout),
+            conf: NGX_HTTP_LOC_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
         },
@@ -170,6 +223,47 @@ pub fn parse_script_name(value: &str) -> Result<String, String> {
         return Err("contains control characters".into());
     }
     Ok(value.trim_end_matches('/').to_string())
+}
+
+/// Parses an nginx time value (`500ms`, `30s`, `5m`, `1h`, `1d`; a bare number is seconds,
+/// units may be combined: `1m30s`) into milliseconds.
+pub fn parse_time_ms(value: &str) -> Result<u64, String> {
+    if value.is_empty() {
+        return Err("empty time".into());
+    }
+    let bad = || format!("invalid time \"{value}\"");
+    let mut total: u64 = 0;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let ms = match unit {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total = n.checked_mul(ms).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// Parses a count for `wsgi_threads` / `wsgi_queue`.
+pub fn parse_count(value: &str, max: usize) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => Err(format!("\"{value}\" is more than {max}")),
+        Err(_) => Err(format!("invalid number \"{value}\"")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -336,6 +430,63 @@ extern "C" fn set_python_path(
     conf_ok()
 }
 
+extern "C" fn set_threads(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.threads.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_count(value, 4096) {
+        Ok(n) => {
+            mcf.threads = Some(n);
+            conf_ok()
+        }
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_threads\" value: {e}");
+            conf_error()
+        }
+    }
+}
+
+extern "C" fn set_queue(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.queue.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_count(value, 1_000_000) {
+        Ok(n) => {
+            mcf.queue = Some(n);
+            conf_ok()
+        }
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_queue\" value: {e}");
+            conf_error()
+        }
+    }
+}
+
+extern "C" fn set_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    if lcf.timeout_ms.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_time_ms(value) {
+        Ok(ms) => {
+            lcf.timeout_ms = Some(ms);
+            conf_ok()
+        }
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_timeout\" value: {e}");
+            conf_error()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +520,25 @@ mod tests {
         assert!(parse_app_spec("shop.wsgi:1app", Path::new("/")).is_err());
         assert!(parse_app_spec("", Path::new("/")).is_err());
         assert!(parse_app_spec("shop..wsgi", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_ms("30s"), Ok(30_000));
+        assert_eq!(parse_time_ms("30"), Ok(30_000));
+        assert_eq!(parse_time_ms("500ms"), Ok(500));
+        assert_eq!(parse_time_ms("1m30s"), Ok(90_000));
+        assert_eq!(parse_time_ms("0"), Ok(0));
+        assert!(parse_time_ms("abc").is_err());
+        assert!(parse_time_ms("5x").is_err());
+        assert!(parse_time_ms("").is_err());
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("32", 100), Ok(32));
+        assert!(parse_count("-1", 100).is_err());
+        assert!(parse_count("101", 100).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 
 use crate::input::WsgiInput;
 use crate::interp;
-use crate::log::{Log, LogStream, NGX_LOG_ERR};
+use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ERR};
 use crate::output::{self, NgxSink};
 use crate::request::RequestParts;
 use crate::wsgi::{self, Outcome};
@@ -37,11 +37,46 @@ pub extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     NGX_DONE as ngx_int_t
 }
 
-/// Runs once the body has been read; finalizes the request exactly once.
+/// Runs once the body has been read; finalizes the request exactly once (here, or later
+/// from the bridge when the application runs on a Python thread).
 extern "C" fn body_read(r: *mut ngx_http_request_t) {
-    let rc = serve(r);
+    let rc = if crate::pool::get().is_some() {
+        match dispatch(r) {
+            Some(rc) => rc,
+            None => return,
+        }
+    } else {
+        serve(r)
+    };
     // SAFETY: the request is live until this call, which drops the body reader's reference.
     unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// Threaded mode: copy the request out and queue it for a Python thread.
+fn dispatch(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
+    // SAFETY: a live request, on its event loop thread.
+    let req = unsafe { &mut *r };
+    let Some(worker) = interp::worker() else {
+        return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    };
+    let Some(lcf) = Module::location_conf(req) else {
+        return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    };
+    let Some(app) = lcf.app else {
+        return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    };
+    // SAFETY: the body has been read (we are its post handler).
+    let parts = unsafe { RequestParts::capture(r) };
+    let what = format!(
+        "{} {}",
+        String::from_utf8_lossy(&parts.method),
+        String::from_utf8_lossy(&parts.request_uri)
+    );
+    let job = crate::pool::Job { ex: crate::exchange::Exchange::new(what), parts, app };
+    // SAFETY: the post handler of a live request on its loop thread.
+    unsafe {
+        crate::bridge::dispatch(r, job, worker.apps[app].name.clone(), lcf.timeout_ms() as ngx::ffi::ngx_msec_t)
+    }
 }
 
 fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -68,12 +103,12 @@ fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: the sink is used on this thread only and dropped inside `run`.
     let sink = Box::new(unsafe { NgxSink::new(r) });
     let outcome = Python::attach(|py| {
-        let Some(callable) = worker.load(py, app, log) else {
+        let Some(callable) = worker.load(py, app, &log) else {
             return Outcome::FailedEarly;
         };
         let prepared = (|| -> PyResult<_> {
             let input = Bound::new(py, WsgiInput::new(body))?;
-            let errors = Bound::new(py, LogStream::new(log, NGX_LOG_ERR))?;
+            let errors = Bound::new(py, LogStream::new(std::sync::Arc::new(log), NGX_LOG_ERR))?;
             let environ = crate::environ::build(
                 py,
                 worker.base_environ.bind(py),
@@ -90,7 +125,7 @@ fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
                 return Outcome::FailedEarly;
             }
         };
-        let outcome = wsgi::run(py, &callable, environ, sink, log, &app.name);
+        let outcome = wsgi::run(py, &callable, environ, sink, &log, &app.name);
         errors.borrow().detach();
         outcome
     });

@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
 use crate::conf::{AppSource, AppSpec, MainConf};
-use crate::log::{Log, LogStream, NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 /// Helpers written in Python: importing scripts under unique names, and the like.
 const BOOTSTRAP: &str = include_str!("bootstrap.py");
@@ -123,8 +123,8 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
     let started = Python::attach(|py| -> PyResult<Worker> {
         let sys = py.import("sys")?;
         // sys.stderr / sys.stdout write into nginx's error log, with its prefix and level.
-        sys.setattr("stderr", Bound::new(py, LogStream::new(Log::cycle(), NGX_LOG_ERR))?)?;
-        sys.setattr("stdout", Bound::new(py, LogStream::new(Log::cycle(), NGX_LOG_NOTICE))?)?;
+        sys.setattr("stderr", Bound::new(py, LogStream::new(std::sync::Arc::new(Log::cycle()), NGX_LOG_ERR))?)?;
+        sys.setattr("stdout", Bound::new(py, LogStream::new(std::sync::Arc::new(Log::cycle()), NGX_LOG_NOTICE))?)?;
 
         let path = sys.getattr("path")?;
         for (i, dir) in mcf.python_path.iter().enumerate() {
@@ -134,7 +134,7 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
         let code = CString::new(BOOTSTRAP).expect("bootstrap has no NUL");
         let bootstrap = PyModule::from_code(py, &code, c"ngx_wsgi_bootstrap.py", c"_ngx_wsgi")?;
         let file_wrapper = py.get_type::<crate::wsgi::FileWrapper>();
-        let base = crate::environ::base_environ(py, false, true, file_wrapper.as_any())?;
+        let base = crate::environ::base_environ(py, mcf.threads() > 0, true, file_wrapper.as_any())?;
 
         let apps = mcf
             .apps
@@ -153,14 +153,14 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
     let worker = WORKER.get_or_init(|| worker);
     Python::attach(|py| {
         for app in &worker.apps {
-            let _ = worker.load(py, app, log);
+            let _ = worker.load(py, app, &log);
         }
     });
 }
 
 impl Worker {
     /// The application's callable, importing it if that has not succeeded yet.
-    pub fn load<'py>(&self, py: Python<'py>, app: &App, log: Log) -> Option<Bound<'py, PyAny>> {
+    pub fn load<'py>(&self, py: Python<'py>, app: &App, log: &dyn LogWrite) -> Option<Bound<'py, PyAny>> {
         let mut slot = app.callable.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = slot.as_ref() {
             return Some(c.bind(py).clone());
@@ -202,4 +202,26 @@ pub fn stop_worker() {
             Log::cycle().write(NGX_LOG_ALERT, "wsgi: python finalization failed");
         }
     }
+}
+
+/// Raises `RequestTimeout` (from the bootstrap module) in the thread `ident`, at its next
+/// Python instruction. A thread blocked in one long C call sees it when that call returns.
+pub fn raise_timeout(py: Python<'_>, ident: u64) {
+    let Some(worker) = worker() else { return };
+    let Ok(exc) = worker.bootstrap.bind(py).getattr("RequestTimeout") else { return };
+    // SAFETY: we hold the GIL (`py`); `exc` is a live exception class, borrowed for the call
+    // (the interpreter takes its own reference).
+    unsafe {
+        ffi::PyThreadState_SetAsyncExc(ident as libc::c_ulong as _, exc.as_ptr());
+    }
+}
+
+/// Clears an asynchronous exception still pending for the thread `ident`.
+pub fn clear_async_exc(ident: u64) {
+    Python::attach(|_py| {
+        // SAFETY: we hold the GIL; a null exception clears a pending one.
+        unsafe {
+            ffi::PyThreadState_SetAsyncExc(ident as libc::c_ulong as _, std::ptr::null_mut());
+        }
+    });
 }

@@ -13,13 +13,16 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
+pub mod bridge;
 pub mod conf;
 pub mod environ;
+pub mod exchange;
 pub mod handler;
 pub mod input;
 pub mod interp;
 pub mod log;
 pub mod output;
+pub mod pool;
 pub mod request;
 pub mod response;
 pub mod wsgi;
@@ -86,11 +89,33 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // The module is loaded but no location names an application: no interpreter.
         return ngx::core::Status::NGX_OK.into();
     }
+    log::set_loop_thread();
     interp::start_worker(mcf, cycle.log);
+    if mcf.threads() > 0 && interp::worker().is_some() {
+        // SAFETY: init_process runs once, on the worker's event loop thread.
+        let started = unsafe { bridge::start(cycle as *const ngx_cycle_t as *mut ngx_cycle_t) }
+            .and_then(|()| pool::start(mcf.threads(), mcf.queue()).map_err(|e| e.to_string()));
+        if let Err(e) = started {
+            // SAFETY: the cycle log outlives the worker.
+            let log = unsafe { log::Log::from_ptr(cycle.log) };
+            log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: python threads not started: {e}"));
+        }
+    }
     ngx::core::Status::NGX_OK.into()
 }
 
-/// Stops the worker's interpreter (runs `atexit` handlers) when the worker exits.
+/// Stops the Python threads and the worker's interpreter (atexit handlers run) when the
+/// worker exits. Threads still stuck in an application after the grace period keep the
+/// interpreter from being finalized (finalizing under them would crash the worker).
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    interp::stop_worker();
+    let stopped = pool::stop(std::time::Duration::from_secs(5));
+    bridge::stop();
+    if stopped {
+        interp::stop_worker();
+    } else {
+        log::Log::cycle().write_direct(
+            ngx::ffi::NGX_LOG_WARN,
+            "wsgi: python threads still busy at exit, interpreter not finalized",
+        );
+    }
 }

@@ -6,8 +6,7 @@
 //! only valid while its request lives; `LogStream::detach` moves a stream that may outlive
 //! the request (an application can keep `wsgi.errors`) back to the cycle log.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ngx::ffi::{ngx_cycle, ngx_log_t, ngx_uint_t};
 use ngx::ngx_log_error;
@@ -21,6 +20,45 @@ const MAX_ENTRY: usize = 1800;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Log(*mut ngx_log_t);
+
+// SAFETY: a `Log` is only dereferenced on the event loop thread: `LogWrite::write` hands
+// messages from other threads to the bridge, which writes them on the loop.
+unsafe impl Send for Log {}
+unsafe impl Sync for Log {}
+
+static LOOP_THREAD: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
+
+/// Records the calling thread as the worker's event loop thread.
+pub fn set_loop_thread() {
+    let _ = LOOP_THREAD.set(std::thread::current().id());
+}
+
+pub fn on_loop_thread() -> bool {
+    LOOP_THREAD.get().is_none_or(|t| *t == std::thread::current().id())
+}
+
+/// Something that takes log messages: nginx's log directly (on the loop), or a request's
+/// exchange (from a Python thread, delivered on the loop with the request's context).
+pub trait LogWrite: Send + Sync {
+    fn write(&self, level: u32, msg: &str);
+
+    fn error(&self, msg: &str) {
+        self.write(NGX_LOG_ERR, msg);
+    }
+
+    /// Logs a Python exception with its traceback: first `what`, then the traceback lines.
+    fn exception(&self, py: Python<'_>, what: &str, err: &PyErr) {
+        self.error(&format!("{what}: {}", format_exception(py, err)));
+    }
+}
+
+impl LogWrite for Log {
+    fn write(&self, level: u32, msg: &str) {
+        if on_loop_thread() || !crate::bridge::log_later(level, msg) {
+            self.write_direct(level, msg);
+        }
+    }
+}
 
 impl Log {
     /// The current cycle's log.
@@ -40,37 +78,40 @@ impl Log {
         self.0
     }
 
-    /// Logs `msg` at `level`, one entry per line (long lines split).
-    pub fn write(&self, level: u32, msg: &str) {
+    /// Logs `msg` at `level`. A multi-line message (a traceback) stays one entry, with its
+    /// lines, unless it is longer than an entry can hold: then it is split at line ends.
+    pub fn write_direct(&self, level: u32, msg: &str) {
         let log = self.0;
         if log.is_null() {
             return;
         }
-        for line in msg.lines() {
-            let mut rest = line.trim_end_matches('\r');
-            loop {
-                let mut cut = rest.len().min(MAX_ENTRY);
+        let msg = msg.trim_end_matches(['\r', '\n']);
+        let mut entry = String::new();
+        for line in msg.split('\n') {
+            let line = line.trim_end_matches('\r');
+            if !entry.is_empty() && entry.len() + 1 + line.len() > MAX_ENTRY {
+                ngx_log_error!(level as ngx_uint_t, log, "{}", entry);
+                entry.clear();
+            }
+            let mut rest = line;
+            while rest.len() > MAX_ENTRY {
+                let mut cut = MAX_ENTRY;
                 while !rest.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                let (piece, tail) = rest.split_at(cut);
-                ngx_log_error!(level as ngx_uint_t, log, "{}", piece);
-                if tail.is_empty() {
-                    break;
-                }
-                rest = tail;
+                ngx_log_error!(level as ngx_uint_t, log, "{}", &rest[..cut]);
+                rest = &rest[cut..];
             }
+            if !entry.is_empty() {
+                entry.push('\n');
+            }
+            entry.push_str(rest);
+        }
+        if !entry.is_empty() || msg.is_empty() {
+            ngx_log_error!(level as ngx_uint_t, log, "{}", entry);
         }
     }
 
-    pub fn error(&self, msg: &str) {
-        self.write(NGX_LOG_ERR, msg);
-    }
-
-    /// Logs a Python exception with its traceback: first `what`, then the traceback lines.
-    pub fn exception(&self, py: Python<'_>, what: &str, err: &PyErr) {
-        self.error(&format!("{what}: {}", format_exception(py, err)));
-    }
 }
 
 /// `traceback.format_exception(err)` joined, without the trailing newline; falls back to
@@ -98,25 +139,26 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
 /// lock; writing an entry is one `write(2)` to the log file, as nginx's own threads do.
 #[pyclass(module = "ngx_wsgi", name = "ErrorLog")]
 pub struct LogStream {
-    log: AtomicPtr<ngx_log_t>,
+    target: Mutex<Arc<dyn LogWrite>>,
     level: u32,
     pending: Mutex<String>,
 }
 
 impl LogStream {
-    pub fn new(log: Log, level: u32) -> LogStream {
-        LogStream { log: AtomicPtr::new(log.0), level, pending: Mutex::new(String::new()) }
+    pub fn new(target: Arc<dyn LogWrite>, level: u32) -> LogStream {
+        LogStream { target: Mutex::new(target), level, pending: Mutex::new(String::new()) }
     }
 
     /// Flushes what is pending and points the stream at the cycle log: called when the
     /// request whose log it used ends.
     pub fn detach(&self) {
         self.flush();
-        self.log.store(Log::cycle().0, Ordering::Release);
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Log::cycle());
     }
 
     fn emit(&self, text: &str) {
-        Log(self.log.load(Ordering::Acquire)).write(self.level, text);
+        let target = self.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        target.write(self.level, text);
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, String> {

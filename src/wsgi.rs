@@ -15,7 +15,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::log::Log;
+use crate::log::LogWrite;
 use crate::response::{Responder, Sink, StartResponse};
 
 /// How a request ended, for the caller that finalizes it in nginx.
@@ -74,7 +74,7 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
 
 /// Calls `app(environ, start_response)` and sends its response through `sink`.
 /// `log` receives tracebacks; `name` names the application in messages.
-pub fn run(py: Python<'_>, app: &Bound<'_, PyAny>, environ: Bound<'_, PyDict>, sink: Box<dyn Sink>, log: Log, name: &str) -> Outcome {
+pub fn run(py: Python<'_>, app: &Bound<'_, PyAny>, environ: Bound<'_, PyDict>, sink: Box<dyn Sink>, log: &dyn LogWrite, name: &str) -> Outcome {
     let responder = Rc::new(RefCell::new(Responder::new(sink)));
     let start_response = match Bound::new(py, StartResponse { responder: responder.clone() }) {
         Ok(s) => s,
@@ -147,7 +147,7 @@ pub fn run(py: Python<'_>, app: &Bound<'_, PyAny>, environ: Bound<'_, PyDict>, s
     Outcome::Complete { short }
 }
 
-fn failed(py: Python<'_>, responder: &Rc<RefCell<Responder>>, log: Log, name: &str, e: &PyErr) -> Outcome {
+fn failed(py: Python<'_>, responder: &Rc<RefCell<Responder>>, log: &dyn LogWrite, name: &str, e: &PyErr) -> Outcome {
     let r = responder.borrow();
     if r.client_gone {
         return Outcome::ClientGone;

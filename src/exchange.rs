@@ -1,0 +1,160 @@
+//! The meeting point of one request's Python thread and the event loop (safe code only).
+//!
+//! The Python thread produces `Event`s (the head, body pieces, log lines, the outcome) into
+//! the exchange and wakes the loop (`bridge::wake`). The loop takes them when it can send:
+//! while nginx still holds unsent output, it takes nothing, the queued bytes stay above
+//! `QUEUE_LIMIT`, and the producing thread waits in `ThreadSink::body`, detached from the
+//! interpreter. That is the backpressure: a slow client slows the application, memory stays
+//! bounded by the limit plus what nginx holds.
+//!
+//! The loop cancels an exchange when the client goes away or the request times out; the
+//! thread then gets an error from its next write and the application's iterable is closed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use pyo3::prelude::*;
+
+use crate::log::LogWrite;
+use crate::response::{ResponseHead, Sink, SinkError};
+use crate::wsgi::Outcome;
+
+/// Body bytes a request may have queued for the loop before its thread waits.
+pub const QUEUE_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug)]
+pub enum Event {
+    Head(ResponseHead),
+    Body(Vec<u8>),
+    Log(u32, String),
+    Done(Outcome),
+}
+
+#[derive(Default)]
+struct Inner {
+    events: VecDeque<Event>,
+    queued: usize,
+    /// Already in the bridge's list of exchanges with news.
+    scheduled: bool,
+}
+
+pub struct Exchange {
+    inner: Mutex<Inner>,
+    room: Condvar,
+    cancelled: AtomicBool,
+    /// `threading.get_ident()` of the thread running the application, 0 before it starts.
+    pub thread_ident: AtomicU64,
+    /// The watchdog raised the timeout exception in the application's thread.
+    pub interrupted: AtomicBool,
+    /// The loop's per-request state (`bridge::LoopState`); null once the request is over.
+    /// Only the event loop thread reads or writes what it points to.
+    pub loop_state: AtomicPtr<core::ffi::c_void>,
+    /// "GET /path" for messages about this request that outlive it.
+    pub what: String,
+}
+
+impl Exchange {
+    pub fn new(what: String) -> Arc<Exchange> {
+        Arc::new(Exchange {
+            inner: Mutex::new(Inner::default()),
+            room: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+            thread_ident: AtomicU64::new(0),
+            interrupted: AtomicBool::new(false),
+            loop_state: AtomicPtr::new(core::ptr::null_mut()),
+            what,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Loop side: the request is gone (client closed, timeout, shutdown).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        let _g = self.lock();
+        self.room.notify_all();
+    }
+
+    /// Thread side: queues an event and wakes the loop if it does not know yet.
+    pub fn push(self: &Arc<Self>, ev: Event) {
+        let mut g = self.lock();
+        if let Event::Body(b) = &ev {
+            g.queued += b.len();
+        }
+        g.events.push_back(ev);
+        if !g.scheduled {
+            g.scheduled = true;
+            drop(g);
+            crate::bridge::wake(self.clone());
+        }
+    }
+
+    /// Loop side: takes the next event.
+    pub fn pop(&self) -> Option<Event> {
+        let mut g = self.lock();
+        let ev = g.events.pop_front();
+        if let Some(Event::Body(b)) = &ev {
+            g.queued -= b.len();
+            if g.queued < QUEUE_LIMIT {
+                self.room.notify_all();
+            }
+        }
+        ev
+    }
+
+    /// Loop side: called when the exchange leaves the bridge's list, before draining it;
+    /// later pushes schedule it again.
+    pub fn unschedule(&self) {
+        self.lock().scheduled = false;
+    }
+
+    /// Thread side: waits (without the GIL) until `len` more bytes fit, or cancellation.
+    fn wait_for_room(&self, len: usize) -> bool {
+        let mut g = self.lock();
+        while !self.is_cancelled() && g.queued > 0 && g.queued + len > QUEUE_LIMIT {
+            g = self.room.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        !self.is_cancelled()
+    }
+}
+
+impl LogWrite for Arc<Exchange> {
+    fn write(&self, level: u32, msg: &str) {
+        self.push(Event::Log(level, msg.to_string()));
+    }
+}
+
+/// The `Sink` of an application running on a Python thread.
+pub struct ThreadSink {
+    pub ex: Arc<Exchange>,
+    /// A HEAD request: the head goes out, the body does not.
+    pub head_request: bool,
+}
+
+impl Sink for ThreadSink {
+    fn start(&mut self, head: &ResponseHead) -> Result<bool, SinkError> {
+        if self.ex.is_cancelled() {
+            return Err(SinkError::Closed);
+        }
+        let body = !self.head_request && !matches!(head.status, 100..=199 | 204 | 304);
+        self.ex.push(Event::Head(head.clone()));
+        Ok(body)
+    }
+
+    fn body(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        let ex = &self.ex;
+        let fits = Python::attach(|py| py.detach(|| ex.wait_for_room(data.len())));
+        if !fits {
+            return Err(SinkError::Closed);
+        }
+        self.ex.push(Event::Body(data.to_vec()));
+        Ok(())
+    }
+}

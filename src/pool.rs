@@ -1,0 +1,257 @@
+//! The worker's Python threads: a bounded job queue, `wsgi_threads` threads that run
+//! applications, and a watchdog that interrupts applications past `wsgi_timeout`.
+//!
+//! Threads stay attached to the interpreter and detach only while they wait for work (so the
+//! GIL is free for the others, and no thread state is created per request). They never touch
+//! nginx: a job carries owned request data and an `Exchange`, and results go back through it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::exchange::{Event, Exchange, ThreadSink};
+use crate::input::WsgiInput;
+use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ERR};
+use crate::request::RequestParts;
+use crate::wsgi::{self, Outcome};
+
+pub struct Job {
+    pub ex: Arc<Exchange>,
+    pub parts: RequestParts,
+    pub app: usize,
+}
+
+/// A request past its timeout: log its stack, raise in its thread.
+struct Interrupt {
+    ex: Arc<Exchange>,
+    message: String,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    interrupts: VecDeque<Interrupt>,
+    shutdown: bool,
+}
+
+pub struct Pool {
+    q: Mutex<Queue>,
+    work: Condvar,
+    watchdog: Condvar,
+    exited: Condvar,
+    capacity: usize,
+    threads: usize,
+    pub busy: AtomicUsize,
+    running: AtomicUsize,
+}
+
+static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+
+pub fn get() -> Option<&'static Arc<Pool>> {
+    POOL.get()
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a job; gives it back when `wsgi_queue` requests are already waiting.
+    pub fn try_submit(&self, job: Job) -> Result<(), Job> {
+        let mut q = self.lock();
+        let idle = self.threads - self.busy.load(Ordering::Acquire).min(self.threads);
+        if q.shutdown || q.jobs.len() >= self.capacity + idle {
+            return Err(job);
+        }
+        q.jobs.push_back(job);
+        drop(q);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    pub fn interrupt(&self, ex: Arc<Exchange>, message: String) {
+        self.lock().interrupts.push_back(Interrupt { ex, message });
+        self.watchdog.notify_one();
+    }
+
+    fn next_job(&self) -> Option<Job> {
+        let mut q = self.lock();
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                self.busy.fetch_add(1, Ordering::AcqRel);
+                return Some(job);
+            }
+            if q.shutdown {
+                return None;
+            }
+            q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn next_interrupt(&self) -> Option<Interrupt> {
+        let mut q = self.lock();
+        loop {
+            if let Some(i) = q.interrupts.pop_front() {
+                return Some(i);
+            }
+            if q.shutdown {
+                return None;
+            }
+            q = self.watchdog.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn exit(&self) {
+        let _q = self.lock();
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.exited.notify_all();
+    }
+}
+
+/// Starts `threads` application threads and the watchdog.
+pub fn start(threads: usize, capacity: usize) -> std::io::Result<()> {
+    let pool = Arc::new(Pool {
+        q: Mutex::new(Queue::default()),
+        work: Condvar::new(),
+        watchdog: Condvar::new(),
+        exited: Condvar::new(),
+        capacity,
+        threads,
+        busy: AtomicUsize::new(0),
+        running: AtomicUsize::new(0),
+    });
+    let _ = POOL.set(pool.clone());
+    for i in 0..threads {
+        let p = pool.clone();
+        pool.running.fetch_add(1, Ordering::AcqRel);
+        std::thread::Builder::new().name(format!("wsgi-{i}")).spawn(move || {
+            Python::attach(|py| app_thread(py, &p));
+            p.exit();
+        })?;
+    }
+    let p = pool.clone();
+    pool.running.fetch_add(1, Ordering::AcqRel);
+    std::thread::Builder::new().name("wsgi-watchdog".into()).spawn(move || {
+        Python::attach(|py| watchdog_thread(py, &p));
+        p.exit();
+    })?;
+    Ok(())
+}
+
+/// Asks every thread to stop once the queue is empty and waits up to `grace` for them.
+/// Returns false if some are still running (stuck inside an application).
+pub fn stop(grace: Duration) -> bool {
+    let Some(pool) = POOL.get() else { return true };
+    let deadline = Instant::now() + grace;
+    let mut q = pool.lock();
+    q.shutdown = true;
+    for job in q.jobs.drain(..) {
+        job.ex.cancel();
+    }
+    pool.work.notify_all();
+    pool.watchdog.notify_all();
+    while pool.running.load(Ordering::Acquire) > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        q = pool.exited.wait_timeout(q, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+    }
+    true
+}
+
+fn app_thread(py: Python<'_>, pool: &Pool) {
+    let ident: u64 = py
+        .import("threading")
+        .and_then(|t| t.call_method0("get_ident"))
+        .and_then(|i| i.extract())
+        .unwrap_or(0);
+    while let Some(job) = py.detach(|| pool.next_job()) {
+        let ex = job.ex.clone();
+        ex.thread_ident.store(ident, Ordering::Release);
+        let outcome = run_job(py, job);
+        ex.thread_ident.store(0, Ordering::Release);
+        if ex.interrupted.load(Ordering::Acquire) {
+            // A timeout exception that the application did not reach must not fire in
+            // the next request this thread runs.
+            crate::interp::clear_async_exc(ident);
+        }
+        pool.busy.fetch_sub(1, Ordering::AcqRel);
+        ex.push(Event::Done(outcome));
+    }
+}
+
+fn run_job(py: Python<'_>, job: Job) -> Outcome {
+    let Job { ex, mut parts, app } = job;
+    if ex.is_cancelled() {
+        return Outcome::ClientGone;
+    }
+    let Some(worker) = crate::interp::worker() else {
+        return Outcome::FailedEarly;
+    };
+    let app = &worker.apps[app];
+    let log: Arc<dyn LogWrite> = Arc::new(ex.clone());
+    let Some(callable) = worker.load(py, app, log.as_ref()) else {
+        return Outcome::FailedEarly;
+    };
+    let body = std::mem::take(&mut parts.body);
+    let head_request = parts.method == b"HEAD";
+    let prepared = (|| -> PyResult<(Bound<'_, PyDict>, Bound<'_, LogStream>)> {
+        let input = Bound::new(py, WsgiInput::new(body))?;
+        let errors = Bound::new(py, LogStream::new(log.clone(), NGX_LOG_ERR))?;
+        let environ = crate::environ::build(
+            py,
+            worker.base_environ.bind(py),
+            &parts,
+            input.into_any(),
+            errors.clone().into_any(),
+        )?;
+        Ok((environ, errors))
+    })();
+    let (environ, errors) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
+            return Outcome::FailedEarly;
+        }
+    };
+    let sink = Box::new(ThreadSink { ex: ex.clone(), head_request });
+    let outcome = wsgi::run(py, &callable, environ, sink, log.as_ref(), &app.name);
+    // An application that keeps wsgi.errors past the request writes to the worker's log.
+    errors.borrow().detach();
+    outcome
+}
+
+fn watchdog_thread(py: Python<'_>, pool: &Pool) {
+    while let Some(Interrupt { ex, message }) = py.detach(|| pool.next_interrupt()) {
+        let ident = ex.thread_ident.load(Ordering::Acquire);
+        if ident == 0 {
+            // Finished in the meantime.
+            continue;
+        }
+        let stack = (|| -> PyResult<String> {
+            let frames = py.import("sys")?.call_method0("_current_frames")?;
+            let Some(frame) = frames.get_item(ident).ok() else {
+                return Ok("(no Python frame)".into());
+            };
+            let lines = py.import("traceback")?.call_method1("format_stack", (frame,))?;
+            Ok(pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?.extract()?)
+        })()
+        .unwrap_or_else(|e| format!("(stack unavailable: {e})"));
+        Log::cycle().write(NGX_LOG_ERR, &format!("{message}; the application's stack:\n{}", stack.trim_end()));
+        // Under the GIL the thread cannot move on to another request between the check
+        // above and the raise below.
+        if ex.thread_ident.load(Ordering::Acquire) == ident {
+            ex.interrupted.store(true, Ordering::Release);
+            crate::interp::raise_timeout(py, ident);
+        }
+    }
+}
