@@ -115,6 +115,11 @@ impl Exchange {
         self.lock().scheduled = false;
     }
 
+    fn has_room(&self, len: usize) -> bool {
+        let g = self.lock();
+        !self.is_cancelled() && (g.queued == 0 || g.queued + len <= QUEUE_LIMIT)
+    }
+
     /// Thread side: waits (without the GIL) until `len` more bytes fit, or cancellation.
     fn wait_for_room(&self, len: usize) -> bool {
         let mut g = self.lock();
@@ -150,7 +155,9 @@ impl Sink for ThreadSink {
 
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError> {
         let ex = &self.ex;
-        let fits = Python::attach(|py| py.detach(|| ex.wait_for_room(data.len())));
+        // Only a full queue is waited for, and only then is the interpreter released.
+        let fits = ex.has_room(data.len())
+            || Python::attach(|py| py.detach(|| ex.wait_for_room(data.len())));
         if !fits {
             return Err(SinkError::Closed);
         }

@@ -46,6 +46,13 @@ impl BodyReader {
         BodyReader { segments, seg: 0, off: 0, remaining }
     }
 
+    /// True when what is left to read is all in memory.
+    pub fn in_memory(&self) -> bool {
+        self.segments[self.seg.min(self.segments.len())..]
+            .iter()
+            .all(|s| matches!(s, BodySegment::Memory(_)))
+    }
+
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
@@ -181,8 +188,11 @@ impl WsgiInput {
         T: Send,
     {
         let mut r = self.reader.lock().map_err(|_| PyValueError::new_err("wsgi.input is unusable"))?;
-        // Reads of a spooled body may touch the disk: let other Python threads run.
         let reader: &mut BodyReader = &mut r;
+        if reader.in_memory() {
+            return f(reader).map_err(io_err);
+        }
+        // Reads of a spooled body touch the disk: let other Python threads run meanwhile.
         py.detach(|| f(reader)).map_err(io_err)
     }
 }

@@ -161,8 +161,9 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
 impl Worker {
     /// The application's callable, importing it if that has not succeeded yet.
     pub fn load<'py>(&self, py: Python<'py>, app: &App, log: &dyn LogWrite) -> Option<Bound<'py, PyAny>> {
-        let mut slot = app.callable.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = slot.as_ref() {
+        // The lock is never held while Python runs: an import releases the GIL now and then,
+        // and a thread waiting on this lock with the GIL held would deadlock with it.
+        if let Some(c) = app.callable.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Some(c.bind(py).clone());
         }
         let bootstrap = self.bootstrap.bind(py);
@@ -177,7 +178,7 @@ impl Worker {
         };
         match loaded {
             Ok(callable) => {
-                *slot = Some(callable.clone().unbind());
+                *app.callable.lock().unwrap_or_else(|e| e.into_inner()) = Some(callable.clone().unbind());
                 log.write(crate::log::NGX_LOG_INFO, &format!("wsgi app \"{}\" loaded", app.name));
                 Some(callable)
             }
