@@ -256,6 +256,7 @@ pub unsafe fn dispatch(
         return Some(ngx::ffi::NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
 
+    crate::stats::request_started(pool.waiting());
     // SAFETY: the live main request; `blocked` defers nginx's termination of it while the
     // application runs. We hold it until the final step.
     unsafe {
@@ -335,7 +336,8 @@ unsafe fn pump(ls: *mut LoopState) {
                     return;
                 }
             }
-            Event::Done(outcome) => {
+            Event::Done(outcome, app_time) => {
+                crate::worker::request_done(Some(app_time));
                 // SAFETY: the final step; `ls` must not be used after it.
                 unsafe { complete(ls, outcome) };
                 return;
@@ -471,11 +473,13 @@ extern "C" fn on_timeout(ev: *mut ngx_event_t) {
             "wsgi app \"{}\" timed out after {secs}s while handling \"{}\"",
             s.app_name, s.ex.what
         );
-        request_log(r).write_direct(NGX_LOG_ERR, &format!("{message}, answered with 504"));
+        let answer = if s.headers_sent { "response cut" } else { "answered with 504" };
+        request_log(r).write_direct(NGX_LOG_ERR, &format!("{message}, {answer}"));
         s.ex.cancel();
         if let Some(pool) = crate::pool::get() {
             pool.interrupt(s.ex.clone(), message);
         }
+        crate::worker::request_done(None);
         let rc = if s.headers_sent || s.cleaned {
             NGX_ERROR as ngx_int_t
         } else {

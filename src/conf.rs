@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use ngx::core::NGX_CONF_ERROR;
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1,
+    ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE12,
     NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
     NGX_LOG_EMERG,
 };
@@ -59,6 +60,19 @@ pub struct MainConf {
     pub threads: Option<usize>,
     /// `wsgi_queue`: requests that may wait for a thread, per worker.
     pub queue: Option<usize>,
+    /// `wsgi_max_requests N [jitter]`.
+    pub max_requests: Option<(u64, u64)>,
+    /// `wsgi_max_rss`, bytes.
+    pub max_rss: Option<u64>,
+    /// `wsgi_max_lifetime`, milliseconds.
+    pub max_lifetime_ms: Option<u64>,
+    /// `wsgi_worker_start` / `wsgi_worker_stop`: (module, callable).
+    pub worker_start: Option<(String, String)>,
+    pub worker_stop: Option<(String, String)>,
+    /// Some location has `wsgi_status`.
+    pub status_used: bool,
+    /// The status zone (see `worker.rs`).
+    pub zone: Option<core::ptr::NonNull<ngx::ffi::ngx_shm_zone_t>>,
 }
 
 pub const DEFAULT_THREADS: usize = 16;
@@ -106,7 +120,7 @@ impl Merge for LocConf {
     }
 }
 
-pub const COMMAND_COUNT: usize = 7;
+pub const COMMAND_COUNT: usize = 13;
 
 /// The directive table; `lib.rs` keeps it in a static for nginx.
 pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
@@ -163,6 +177,54 @@ pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
             name: ngx_string!("wsgi_timeout"),
             type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
             set: Some(set_timeout),
+            conf: NGX_HTTP_LOC_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_max_requests"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12) as ngx_uint_t,
+            set: Some(set_max_requests),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_max_rss"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_max_rss),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_max_lifetime"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_max_lifetime),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_worker_start"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_worker_hook),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_worker_stop"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_worker_hook),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 1,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_status"),
+            type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+            set: Some(set_status),
             conf: NGX_HTTP_LOC_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -255,6 +317,27 @@ pub fn parse_time_ms(value: &str) -> Result<u64, String> {
         total = n.checked_mul(ms).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
     }
     Ok(total)
+}
+
+/// Parses an nginx size (`512`, `64k`, `512m`, `2g`) into bytes.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size \"{value}\"");
+    let (digits, mult) = match value.as_bytes().last() {
+        Some(b'k' | b'K') => (&value[..value.len() - 1], 1u64 << 10),
+        Some(b'm' | b'M') => (&value[..value.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&value[..value.len() - 1], 1 << 30),
+        _ => (value, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Parses `module:callable` for the worker hooks.
+pub fn parse_hook(value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((m, c)) if is_dotted_name(m) && is_dotted_name(c) => Ok((m.to_string(), c.to_string())),
+        _ => Err(format!("\"{value}\" is not MODULE:CALLABLE")),
+    }
 }
 
 /// Parses a count for `wsgi_threads` / `wsgi_queue`.
@@ -487,6 +570,113 @@ extern "C" fn set_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *
     }
 }
 
+fn emerg(cf: *mut ngx_conf_t, msg: String) -> *mut c_char {
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{msg}");
+    conf_error()
+}
+
+extern "C" fn set_max_requests(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.max_requests.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let values = unsafe { args(cf) };
+    let n = match values[1].parse::<u64>() {
+        Ok(n) if n > 0 => n,
+        _ => return emerg(cf, format!("invalid \"wsgi_max_requests\" value \"{}\"", values[1])),
+    };
+    let jitter = match values.get(2).map(|j| j.parse::<u64>()) {
+        None => 0,
+        Some(Ok(j)) => j,
+        Some(Err(_)) => return emerg(cf, format!("invalid \"wsgi_max_requests\" jitter \"{}\"", values[2])),
+    };
+    mcf.max_requests = Some((n, jitter));
+    conf_ok()
+}
+
+extern "C" fn set_max_rss(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.max_rss.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_size(value) {
+        Ok(n) if n > 0 => {
+            mcf.max_rss = Some(n);
+            conf_ok()
+        }
+        Ok(_) => emerg(cf, "invalid \"wsgi_max_rss\" value \"0\"".into()),
+        Err(e) => emerg(cf, format!("invalid \"wsgi_max_rss\" value: {e}")),
+    }
+}
+
+extern "C" fn set_max_lifetime(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.max_lifetime_ms.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_time_ms(value) {
+        Ok(ms) if ms >= 1000 => {
+            mcf.max_lifetime_ms = Some(ms);
+            conf_ok()
+        }
+        Ok(_) => emerg(cf, format!("invalid \"wsgi_max_lifetime\" value \"{value}\": at least 1s")),
+        Err(e) => emerg(cf, format!("invalid \"wsgi_max_lifetime\" value: {e}")),
+    }
+}
+
+extern "C" fn set_worker_hook(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration and the command entry.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    let stop = unsafe { (*cmd).offset } == 1;
+    let name = if stop { "wsgi_worker_stop" } else { "wsgi_worker_start" };
+    let slot = if stop { &mut mcf.worker_stop } else { &mut mcf.worker_start };
+    if slot.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let value = unsafe { args(cf)[1] };
+    match parse_hook(value) {
+        Ok(h) => {
+            *slot = Some(h);
+            conf_ok()
+        }
+        Err(e) => emerg(cf, format!("invalid \"{name}\" value: {e}")),
+    }
+}
+
+extern "C" fn set_status(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
+    // SAFETY: the http main configuration exists while locations are parsed.
+    let Some(mcf) = (unsafe { Module::main_conf_mut(&*cf) }) else {
+        return conf_error();
+    };
+    mcf.status_used = true;
+    // SAFETY: the core location configuration of the location being parsed.
+    let Some(clcf) = (unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) }) else {
+        return conf_error();
+    };
+    clcf.handler = Some(crate::worker::status_handler);
+    conf_ok()
+}
+
+/// `init_main_conf`: creates the status zone once the http block is parsed, if any location
+/// uses the module.
+pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration.
+    let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    if mcf.apps.is_empty() && !mcf.status_used {
+        return conf_ok();
+    }
+    // SAFETY: called by nginx during the parse, with its configuration.
+    match unsafe { crate::worker::add_zone(cf, mcf) } {
+        Ok(()) => conf_ok(),
+        Err(()) => conf_error(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +722,19 @@ mod tests {
         assert!(parse_time_ms("abc").is_err());
         assert!(parse_time_ms("5x").is_err());
         assert!(parse_time_ms("").is_err());
+    }
+
+    #[test]
+    fn sizes_and_hooks() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("1x").is_err());
+        assert!(parse_size("m").is_err());
+        assert_eq!(parse_hook("app.hooks:start"), Ok(("app.hooks".into(), "start".into())));
+        assert!(parse_hook("app.hooks").is_err());
+        assert!(parse_hook("/x.py:start").is_err());
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub fn split_script_name<'a>(uri: &'a [u8], script_name: Option<&'a str>) -> (&'
     }
 }
 
+/// `nginx/1.22.1 ngx-wsgi/0.1.0`.
+pub fn server_software() -> String {
+    format!("{} ngx-wsgi/{}", env!("NGX_WSGI_NGINX_VERSION"), env!("CARGO_PKG_VERSION"))
+}
+
 /// The per-worker constant part of every environ.
 pub fn base_environ<'py>(
     py: Python<'py>,
@@ -86,10 +91,7 @@ pub fn base_environ<'py>(
     d.set_item("wsgi.run_once", false)?;
     d.set_item("wsgi.input_terminated", true)?;
     d.set_item("wsgi.file_wrapper", file_wrapper)?;
-    d.set_item(
-        "SERVER_SOFTWARE",
-        format!("{} ngx-wsgi/{}", env!("NGX_WSGI_NGINX_VERSION"), env!("CARGO_PKG_VERSION")),
-    )?;
+    d.set_item("SERVER_SOFTWARE", server_software())?;
     d.set_item("GATEWAY_INTERFACE", "CGI/1.1")?;
     Ok(d)
 }

@@ -28,11 +28,16 @@ pub enum Event {
     Head(ResponseHead),
     Body(Vec<u8>),
     Log(u32, String),
-    Done(Outcome),
+    /// The outcome, and how long the application ran.
+    Done(Outcome, std::time::Duration),
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Events the thread has produced but not yet handed over: a response whose pieces are
+    /// all at hand (a list) goes to the loop in one hand-over, with one wake-up.
+    staged: Vec<Event>,
+    staged_bytes: usize,
     events: VecDeque<Event>,
     queued: usize,
     /// Already in the bridge's list of exchanges with news.
@@ -85,6 +90,11 @@ impl Exchange {
     /// Thread side: queues an event and wakes the loop if it does not know yet.
     pub fn push(self: &Arc<Self>, ev: Event) {
         let mut g = self.lock();
+        if !g.staged.is_empty() {
+            let staged = std::mem::take(&mut g.staged);
+            g.queued += std::mem::take(&mut g.staged_bytes);
+            g.events.extend(staged);
+        }
         if let Event::Body(b) = &ev {
             g.queued += b.len();
         }
@@ -94,6 +104,22 @@ impl Exchange {
             drop(g);
             crate::bridge::wake(self.clone());
         }
+    }
+
+    /// Thread side: keeps an event for the next `push`. Returns false (and keeps nothing)
+    /// when the staged body would pass the queue limit.
+    fn stage(&self, ev: Event) -> Result<(), Event> {
+        let mut g = self.lock();
+        let len = match &ev {
+            Event::Body(b) => b.len(),
+            _ => 0,
+        };
+        if g.staged_bytes + len > QUEUE_LIMIT {
+            return Err(ev);
+        }
+        g.staged_bytes += len;
+        g.staged.push(ev);
+        Ok(())
     }
 
     /// Loop side: takes the next event.
@@ -149,7 +175,10 @@ impl Sink for ThreadSink {
             return Err(SinkError::Closed);
         }
         let body = !self.head_request && !matches!(head.status, 100..=199 | 204 | 304);
-        self.ex.push(Event::Head(head.clone()));
+        // The head waits for the first body piece or the end, whichever comes first.
+        if let Err(ev) = self.ex.stage(Event::Head(head.clone())) {
+            self.ex.push(ev);
+        }
         Ok(body)
     }
 
@@ -163,5 +192,15 @@ impl Sink for ThreadSink {
         }
         self.ex.push(Event::Body(data.to_vec()));
         Ok(())
+    }
+
+    fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        if self.ex.is_cancelled() {
+            return Err(SinkError::Closed);
+        }
+        match self.ex.stage(Event::Body(data.to_vec())) {
+            Ok(()) => Ok(()),
+            Err(_) => self.body(data),
+        }
     }
 }

@@ -125,7 +125,10 @@ fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
                 return Outcome::FailedEarly;
             }
         };
+        crate::stats::request_started(0);
+        let t0 = std::time::Instant::now();
         let outcome = wsgi::run(py, &callable, environ, sink, &log, &app.name);
+        crate::worker::request_done(Some(t0.elapsed()));
         errors.borrow().detach();
         outcome
     });

@@ -155,10 +155,33 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
         for app in &worker.apps {
             let _ = worker.load(py, app, &log);
         }
+        if let Some(hook) = &mcf.worker_start {
+            worker.run_hook(py, "wsgi_worker_start", hook, &log);
+        }
     });
 }
 
+/// Runs `wsgi_worker_stop` (before the interpreter is finalized).
+pub fn run_stop_hook(mcf: &MainConf) {
+    let (Some(worker), Some(hook)) = (worker(), mcf.worker_stop.as_ref()) else { return };
+    Python::attach(|py| worker.run_hook(py, "wsgi_worker_stop", hook, &Log::cycle()));
+}
+
 impl Worker {
+    /// Imports and calls a worker hook; an exception is logged with its traceback and the
+    /// worker goes on.
+    fn run_hook(&self, py: Python<'_>, directive: &str, (module, callable): &(String, String), log: &dyn LogWrite) {
+        let called = self
+            .bootstrap
+            .bind(py)
+            .call_method1("load_module", (module.as_str(), callable.as_str()))
+            .and_then(|f| f.call0());
+        match called {
+            Ok(_) => log.write(crate::log::NGX_LOG_INFO, &format!("{directive} {module}:{callable} done")),
+            Err(e) => log.exception(py, &format!("{directive} {module}:{callable} failed"), &e),
+        }
+    }
+
     /// The application's callable, importing it if that has not succeeded yet.
     pub fn load<'py>(&self, py: Python<'py>, app: &App, log: &dyn LogWrite) -> Option<Bound<'py, PyAny>> {
         // The lock is never held while Python runs: an import releases the GIL now and then,

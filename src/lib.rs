@@ -25,6 +25,8 @@ pub mod output;
 pub mod pool;
 pub mod request;
 pub mod response;
+pub mod stats;
+pub mod worker;
 pub mod wsgi;
 
 /// The module type behind the `ngx-rust` traits.
@@ -53,9 +55,9 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; conf::COMMAND_COUNT + 1] = co
 
 static NGX_HTTP_WSGI_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
-    postconfiguration: None,
+    postconfiguration: Some(postconfiguration),
     create_main_conf: Some(Module::create_main_conf),
-    init_main_conf: None,
+    init_main_conf: Some(conf::init_main_conf),
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),
@@ -77,6 +79,12 @@ pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
+extern "C" fn postconfiguration(_cf: *mut ngx::ffi::ngx_conf_t) -> ngx_int_t {
+    // SAFETY: postconfiguration is where nginx modules join the filter chains.
+    unsafe { worker::install_header_filter() };
+    ngx::core::Status::NGX_OK.into()
+}
+
 /// Starts Python in a worker, after the fork: each worker has its own interpreter, and the
 /// master never has one, so a reload brings fresh interpreters and fresh application code.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
@@ -85,11 +93,16 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     let Some(mcf) = Module::main_conf(cycle) else {
         return ngx::core::Status::NGX_OK.into();
     };
+    if mcf.apps.is_empty() && !mcf.status_used {
+        return ngx::core::Status::NGX_OK.into();
+    }
+    log::set_loop_thread();
+    // SAFETY: init_process runs on the worker's event loop thread.
+    unsafe { worker::start(cycle, mcf) };
     if mcf.apps.is_empty() {
         // The module is loaded but no location names an application: no interpreter.
         return ngx::core::Status::NGX_OK.into();
     }
-    log::set_loop_thread();
     interp::start_worker(mcf, cycle.log);
     if mcf.threads() > 0 && interp::worker().is_some() {
         // SAFETY: init_process runs once, on the worker's event loop thread.
@@ -107,10 +120,15 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// Stops the Python threads and the worker's interpreter (atexit handlers run) when the
 /// worker exits. Threads still stuck in an application after the grace period keep the
 /// interpreter from being finalized (finalizing under them would crash the worker).
-extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    worker::stop();
     let stopped = pool::stop(std::time::Duration::from_secs(5));
     bridge::stop();
     if stopped {
+        // SAFETY: nginx passes the live cycle of this worker.
+        if let Some(mcf) = Module::main_conf(unsafe { &*cycle }) {
+            interp::run_stop_hook(mcf);
+        }
         interp::stop_worker();
     } else {
         log::Log::cycle().write_direct(

@@ -96,6 +96,12 @@ impl Pool {
         }
     }
 
+    fn try_next_job(&self) -> Option<Job> {
+        let job = self.lock().jobs.pop_front()?;
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Some(job)
+    }
+
     fn next_interrupt(&self) -> Option<Interrupt> {
         let mut q = self.lock();
         loop {
@@ -174,10 +180,14 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
         .and_then(|t| t.call_method0("get_ident"))
         .and_then(|i| i.extract())
         .unwrap_or(0);
-    while let Some(job) = py.detach(|| pool.next_job()) {
+    // While jobs are waiting, a thread goes from one to the next without releasing the
+    // interpreter; it detaches only to wait for work.
+    while let Some(job) = pool.try_next_job().or_else(|| py.detach(|| pool.next_job())) {
         let ex = job.ex.clone();
         ex.thread_ident.store(ident, Ordering::Release);
+        let t0 = Instant::now();
         let outcome = run_job(py, job);
+        let app_time = t0.elapsed();
         ex.thread_ident.store(0, Ordering::Release);
         if ex.interrupted.load(Ordering::Acquire) {
             // A timeout exception that the application did not reach must not fire in
@@ -185,7 +195,7 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
             crate::interp::clear_async_exc(ident);
         }
         pool.busy.fetch_sub(1, Ordering::AcqRel);
-        ex.push(Event::Done(outcome));
+        ex.push(Event::Done(outcome, app_time));
     }
 }
 

@@ -46,6 +46,11 @@ pub trait Sink {
     fn start(&mut self, head: &ResponseHead) -> Result<bool, SinkError>;
     /// Sends (and flushes) a piece of the body.
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError>;
+    /// Sends a piece of a body whose next piece is already at hand (a list): the sink may
+    /// hold it until the next piece or the end, to hand the response over at once.
+    fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.body(data)
+    }
 }
 
 /// RFC 9110 `tchar`.
@@ -189,6 +194,11 @@ impl Responder {
     /// Sends a piece of body, headers first. A body longer than the declared
     /// Content-Length is cut at that length.
     pub fn send_body(&mut self, data: &[u8]) -> PyResult<()> {
+        self.send_body_as(data, false)
+    }
+
+    /// `send_body`; `batched` when more of the body is already at hand (see `Sink`).
+    pub fn send_body_as(&mut self, data: &[u8], batched: bool) -> PyResult<()> {
         self.send_headers()?;
         if !self.body_allowed || data.is_empty() {
             return Ok(());
@@ -204,7 +214,8 @@ impl Responder {
                 }
             }
         }
-        match self.sink.body(data) {
+        let sent = if batched { self.sink.body_batched(data) } else { self.sink.body(data) };
+        match sent {
             Ok(()) => {
                 self.bytes_sent += data.len() as u64;
                 Ok(())

@@ -161,7 +161,8 @@ fn failed(py: Python<'_>, responder: &Rc<RefCell<Responder>>, log: &dyn LogWrite
     }
 }
 
-fn send_item(responder: &Rc<RefCell<Responder>>, item: &Bound<'_, PyAny>, single: bool) -> PyResult<()> {
+/// `in_list`: the item comes from a list or tuple, so the rest of the body is at hand.
+fn send_item(responder: &Rc<RefCell<Responder>>, item: &Bound<'_, PyAny>, single: bool, in_list: bool) -> PyResult<()> {
     let Ok(bytes) = item.cast::<PyBytes>() else {
         return Err(PyTypeError::new_err(format!(
             "the response iterable must yield bytes, not {}",
@@ -182,14 +183,14 @@ fn send_item(responder: &Rc<RefCell<Responder>>, item: &Bound<'_, PyAny>, single
             }
         }
     }
-    r.send_body(data)
+    r.send_body_as(data, in_list)
 }
 
 fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Rc<RefCell<Responder>>) -> PyResult<()> {
     if let Ok(list) = result.cast_exact::<PyList>() {
         let single = list.len() == 1;
         for item in list.iter() {
-            send_item(responder, &item, single)?;
+            send_item(responder, &item, single, true)?;
             if stop_early(responder) {
                 break;
             }
@@ -199,7 +200,7 @@ fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Rc<RefCell<Res
     if let Ok(tuple) = result.cast_exact::<PyTuple>() {
         let single = tuple.len() == 1;
         for item in tuple.iter() {
-            send_item(responder, &item, single)?;
+            send_item(responder, &item, single, true)?;
             if stop_early(responder) {
                 break;
             }
@@ -220,7 +221,7 @@ fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Rc<RefCell<Res
     let iter = result.try_iter()?;
     for item in iter {
         let item = item?;
-        send_item(responder, &item, false)?;
+        send_item(responder, &item, false, false)?;
         if stop_early(responder) {
             break;
         }

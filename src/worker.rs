@@ -1,0 +1,247 @@
+//! Worker-level machinery at the FFI edge: the shared memory zone behind `wsgi_status`, the
+//! housekeeping timer (RSS, lifetime), worker recycling, and the `wsgi_status` handler.
+//!
+//! Recycling: a worker past `wsgi_max_requests`, `wsgi_max_rss` or `wsgi_max_lifetime` first
+//! drains for a second: every response it sends says `Connection: close` (a header filter),
+//! so keep-alive clients close their connections themselves instead of racing a close with
+//! their next request. Then it sets nginx's own `ngx_quit`, so it shuts down exactly as on
+//! `nginx -s quit`: it stops accepting, finishes the requests in flight, and exits with code
+//! 0; the master starts a fresh worker in its place (it respawns workers that exit on their
+//! own).
+
+use core::ffi::c_void;
+use core::ptr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_http_discard_request_body,
+    ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_top_header_filter, ngx_int_t, ngx_quit, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_slab_calloc, ngx_slab_pool_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_NOT_ALLOWED, NGX_LOG_NOTICE, NGX_OK,
+};
+
+use crate::conf::MainConf;
+use crate::log::Log;
+use crate::output::{self, NgxSink};
+use crate::response::{ResponseHead, Sink};
+use crate::stats;
+
+/// Room for the board and the slab allocator's own bookkeeping.
+const ZONE_SIZE: usize = 256 * 1024;
+
+/// Creates the status zone (called once the http block is parsed).
+///
+/// # Safety
+/// `cf` is the configuration being parsed.
+pub unsafe fn add_zone(cf: *mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
+    let mut name = ngx::ngx_string!("ngx_http_wsgi_status");
+    let size = ZONE_SIZE.max((stats::BOARD_SIZE * 2 + 4095) & !4095);
+    let tag = <crate::Module as ngx::http::HttpModule>::module() as *const _ as *mut c_void;
+    // SAFETY: registering a zone during configuration; nginx maps it before workers start.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };
+    if zone.is_null() {
+        return Err(());
+    }
+    // SAFETY: the zone entry nginx just returned.
+    unsafe {
+        (*zone).init = Some(init_zone);
+    }
+    mcf.zone = core::ptr::NonNull::new(zone);
+    Ok(())
+}
+
+/// Zone init: a new zone gets a board from its slab pool; a zone kept across a reload
+/// (`data` is the old zone's board) keeps its board, and so its counts.
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx mapped the zone and set up its slab pool at `shm.addr`.
+    unsafe {
+        if !data.is_null() {
+            (*zone).data = data;
+            return NGX_OK as ngx_int_t;
+        }
+        let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
+        let board = ngx_slab_calloc(pool, stats::BOARD_SIZE) as *mut u8;
+        if board.is_null() {
+            return ngx::ffi::NGX_ERROR as ngx_int_t;
+        }
+        stats::init_board(board);
+        (*pool).data = board as *mut c_void;
+        (*zone).data = board as *mut c_void;
+    }
+    NGX_OK as ngx_int_t
+}
+
+struct Limits {
+    max_requests: Option<u64>,
+    max_rss: Option<u64>,
+    max_lifetime: Option<Duration>,
+}
+
+static LIMITS: OnceLock<Limits> = OnceLock::new();
+
+/// The housekeeping timer: event loop thread only.
+static mut HOUSEKEEPING: ngx_event_t = unsafe { core::mem::zeroed() };
+const HOUSEKEEPING_MS: usize = 1000;
+
+/// Joins the status board, picks this worker's request limit, starts housekeeping.
+///
+/// # Safety
+/// Call from `init_process`, on the event loop thread.
+pub unsafe fn start(cycle: &ngx_cycle_t, mcf: &MainConf) {
+    if let Some(zone) = mcf.zone {
+        // SAFETY: the zone was mapped and initialised by nginx before the workers forked.
+        unsafe { stats::attach((*zone.as_ptr()).data as *mut u8) };
+        stats::claim(mcf.threads());
+    }
+    let max_requests = mcf.max_requests.map(|(n, jitter)| {
+        if jitter == 0 {
+            return n;
+        }
+        // Spread recycling so that workers do not restart together.
+        let seed = std::process::id() as u64 ^ stats::unix_now().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        n + seed % (jitter + 1)
+    });
+    let _ = LIMITS.set(Limits {
+        max_requests,
+        max_rss: mcf.max_rss,
+        max_lifetime: mcf.max_lifetime_ms.map(Duration::from_millis),
+    });
+    // SAFETY: the static event is used by this thread only; it is cancelable, so it never
+    // delays a graceful exit.
+    unsafe {
+        let ev = &raw mut HOUSEKEEPING;
+        (*ev).handler = Some(housekeeping);
+        (*ev).log = cycle.log;
+        (*ev).data = ptr::null_mut();
+        (*ev).set_cancelable(1);
+        ngx_add_timer(ev, HOUSEKEEPING_MS as _);
+    }
+    stats::set_rss(stats::current_rss());
+}
+
+/// Leaves the status board (at worker exit).
+pub fn stop() {
+    stats::release();
+}
+
+extern "C" fn housekeeping(ev: *mut ngx_event_t) {
+    let rss = stats::current_rss();
+    stats::set_rss(rss);
+    if let Some(limits) = LIMITS.get() {
+        if let Some(max) = limits.max_rss.filter(|&m| rss > m) {
+            recycle(&format!("its memory ({} MB) passed wsgi_max_rss ({} MB)", rss >> 20, max >> 20));
+        }
+        if let Some(max) = limits.max_lifetime {
+            let age = stats::unix_now().saturating_sub(stats::started());
+            if age >= max.as_secs().max(1) {
+                recycle(&format!("it has run for {age}s (wsgi_max_lifetime {}s)", max.as_secs()));
+            }
+        }
+    }
+    if !stats::recycling() {
+        // SAFETY: re-arming our own timer on the loop thread.
+        unsafe { ngx_add_timer(ev, HOUSEKEEPING_MS as _) };
+    }
+}
+
+/// A request of this worker ended.
+pub fn request_done(app_time: Option<Duration>) {
+    let (busy, queue) = crate::pool::get()
+        .map(|p| (p.busy.load(std::sync::atomic::Ordering::Relaxed), p.waiting()))
+        .unwrap_or((0, 0));
+    let served = stats::request_done(app_time, busy, queue);
+    if let Some(max) = LIMITS.get().and_then(|l| l.max_requests) {
+        if served >= max {
+            recycle(&format!("it served {served} requests (wsgi_max_requests)"));
+        }
+    }
+}
+
+/// How long a recycling worker answers with `Connection: close` before it quits.
+const DRAIN_MS: usize = 1000;
+static mut DRAIN_TIMER: ngx_event_t = unsafe { core::mem::zeroed() };
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+
+/// Starts this worker's graceful exit, once.
+fn recycle(reason: &str) {
+    if !stats::begin_recycling() {
+        return;
+    }
+    let log = Log::cycle();
+    log.write_direct(NGX_LOG_NOTICE, &format!("wsgi: recycling worker {}: {reason}", std::process::id()));
+    // SAFETY: the static drain timer is used on this thread only.
+    unsafe {
+        let ev = &raw mut DRAIN_TIMER;
+        (*ev).handler = Some(quit);
+        (*ev).log = log.as_ptr();
+        (*ev).set_cancelable(1);
+        ngx_add_timer(ev, DRAIN_MS as _);
+    }
+}
+
+extern "C" fn quit(_ev: *mut ngx_event_t) {
+    // SAFETY: the worker's own quit flag, read by its process cycle after this event
+    // handler returns, on this same thread.
+    unsafe { ptr::write_volatile(&raw mut ngx_quit, 1) };
+}
+
+/// Installs the header filter that closes keep-alive connections while draining.
+///
+/// # Safety
+/// Call from `postconfiguration`, while nginx builds its filter chain.
+pub unsafe fn install_header_filter() {
+    // SAFETY: the documented way to join the header filter chain.
+    unsafe {
+        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(header_filter);
+    }
+}
+
+extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls header filters with a live request on its loop thread; the next
+    // filter was recorded at configuration time.
+    unsafe {
+        if stats::recycling() {
+            (*r).set_keepalive(0);
+        }
+        match NEXT_HEADER_FILTER {
+            Some(next) => next(r),
+            None => NGX_OK as ngx_int_t,
+        }
+    }
+}
+
+/// `clcf->handler` of a `wsgi_status` location.
+pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls content handlers with a live request, on its loop thread.
+    unsafe {
+        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
+            return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+        }
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let server = crate::environ::server_software();
+        let body = stats::status_json(&server);
+        let head = ResponseHead {
+            status: 200,
+            status_line: b"200 OK".to_vec(),
+            content_type: Some(b"application/json".to_vec()),
+            content_length: Some(body.len() as u64),
+            headers: vec![(b"Cache-Control".to_vec(), b"no-store".to_vec())],
+            close: false,
+        };
+        let mut sink = NgxSink::new(r);
+        match sink.start(&head) {
+            Ok(true) => {}
+            Ok(false) => return NGX_OK as ngx_int_t,
+            Err(_) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        }
+        if sink.body(body.as_bytes()).is_err() {
+            return ngx::ffi::NGX_ERROR as ngx_int_t;
+        }
+        output::finish(r, false)
+    }
+}
