@@ -331,8 +331,15 @@ unsafe fn pump(ls: *mut LoopState) {
                 unsafe { progress(s) };
                 // SAFETY: the live request.
                 if unsafe { output_busy(s.r) } {
+                    // Now the client is the slow side: send_timeout watches it, and the
+                    // application's timeout waits until output flows again.
                     s.waiting_write = true;
-                    unsafe { arm_write(s) };
+                    unsafe {
+                        if s.timer.timer_set() != 0 {
+                            ngx_del_timer(&mut s.timer);
+                        }
+                        arm_write(s);
+                    }
                     return;
                 }
             }
@@ -415,6 +422,7 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
         }
         s.waiting_write = false;
         (*r).write_event_handler = Some(ngx_http_request_empty_handler);
+        progress(s);
         pump(ls);
     }
 }

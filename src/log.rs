@@ -28,9 +28,14 @@ unsafe impl Sync for Log {}
 
 static LOOP_THREAD: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
 
-/// Records the calling thread as the worker's event loop thread.
+/// The worker's cycle log, cached so that other threads never read `ngx_cycle`.
+static CYCLE_LOG: std::sync::atomic::AtomicPtr<ngx_log_t> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Records the calling thread as the worker's event loop thread, and its cycle log.
 pub fn set_loop_thread() {
     let _ = LOOP_THREAD.set(std::thread::current().id());
+    // SAFETY: called from init_process, on the worker's thread, with `ngx_cycle` set.
+    CYCLE_LOG.store(unsafe { (*ngx_cycle).log }, std::sync::atomic::Ordering::Release);
 }
 
 pub fn on_loop_thread() -> bool {
@@ -63,8 +68,12 @@ impl LogWrite for Log {
 impl Log {
     /// The current cycle's log.
     pub fn cycle() -> Log {
-        // SAFETY: `ngx_cycle` is set before any module code runs and is only replaced by the
-        // master while no worker code runs; we read it on the worker's own thread.
+        let cached = CYCLE_LOG.load(std::sync::atomic::Ordering::Acquire);
+        if !cached.is_null() {
+            return Log(cached);
+        }
+        // SAFETY: `ngx_cycle` is set before any module code runs; without a cached log we
+        // are on the thread that runs nginx (configuration or worker start).
         Log(unsafe { (*ngx_cycle).log })
     }
 
