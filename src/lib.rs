@@ -114,6 +114,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: python threads not started: {e}"));
         }
     }
+    worker::update_rss();
     ngx::core::Status::NGX_OK.into()
 }
 

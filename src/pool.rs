@@ -34,6 +34,8 @@ struct Interrupt {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
+    /// Threads waiting for work on `work`: wake-ups (a futex call each) only when some are.
+    sleepers: usize,
     interrupts: VecDeque<Interrupt>,
     shutdown: bool,
 }
@@ -68,8 +70,11 @@ impl Pool {
             return Err(job);
         }
         q.jobs.push_back(job);
+        let wake = q.sleepers > 0;
         drop(q);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         Ok(())
     }
 
@@ -86,19 +91,24 @@ impl Pool {
         let mut q = self.lock();
         loop {
             if let Some(job) = q.jobs.pop_front() {
-                self.busy.fetch_add(1, Ordering::AcqRel);
+                let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
+                crate::stats::set_load(busy, q.jobs.len());
                 return Some(job);
             }
             if q.shutdown {
                 return None;
             }
+            q.sleepers += 1;
             q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.sleepers -= 1;
         }
     }
 
     fn try_next_job(&self) -> Option<Job> {
-        let job = self.lock().jobs.pop_front()?;
-        self.busy.fetch_add(1, Ordering::AcqRel);
+        let mut q = self.lock();
+        let job = q.jobs.pop_front()?;
+        let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
+        crate::stats::set_load(busy, q.jobs.len());
         Some(job)
     }
 
@@ -194,7 +204,8 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
             // the next request this thread runs.
             crate::interp::clear_async_exc(ident);
         }
-        pool.busy.fetch_sub(1, Ordering::AcqRel);
+        let busy = pool.busy.fetch_sub(1, Ordering::AcqRel) - 1;
+        crate::stats::set_load(busy, pool.waiting());
         ex.push(Event::Done(outcome, app_time));
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const SLOTS: usize = 128;
-pub const BUCKETS: usize = 64;
+pub const BUCKETS: usize = 128;
 const MAGIC: u64 = 0x6e67_782d_7773_6731; // "ngx-wsg1"
 
 #[repr(C)]
@@ -168,14 +168,19 @@ pub fn request_done(app_time: Option<Duration>, busy: usize, queue: usize) -> u6
     s.requests.fetch_add(1, Ordering::Relaxed) + 1
 }
 
+/// Python threads running a request, and requests waiting for one (written by the threads
+/// as they take and finish jobs).
+pub fn set_load(busy: usize, queue: usize) {
+    if let Some(s) = slot() {
+        s.busy.store(busy as u64, Ordering::Relaxed);
+        s.queue.store(queue as u64, Ordering::Relaxed);
+    }
+}
+
 pub fn set_rss(rss: u64) {
     if let Some(s) = slot() {
         s.rss.store(rss, Ordering::Relaxed);
     }
-}
-
-pub fn started() -> u64 {
-    slot().map(|s| s.started.load(Ordering::Relaxed)).unwrap_or_else(unix_now)
 }
 
 /// This process's resident set size, from /proc/self/statm.
@@ -280,6 +285,8 @@ mod tests {
         let mut hist = vec![0u64; BUCKETS];
         hist[bucket(Duration::from_micros(100))] = 98;
         hist[bucket(Duration::from_millis(50))] = 2;
+        let slow = bucket(Duration::from_secs(300));
+        assert!(bucket_ms(slow) >= 300_000.0 && bucket_ms(slow) < 360_000.0, "{}", bucket_ms(slow));
         let p50 = quantile(&hist, 0.5).unwrap();
         let p99 = quantile(&hist, 0.99).unwrap();
         assert!(p50 >= 0.1 && p50 < 0.12, "{p50}");

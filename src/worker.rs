@@ -79,6 +79,7 @@ struct Limits {
 }
 
 static LIMITS: OnceLock<Limits> = OnceLock::new();
+static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
 
 /// The housekeeping timer: event loop thread only.
 static mut HOUSEKEEPING: ngx_event_t = unsafe { core::mem::zeroed() };
@@ -102,6 +103,7 @@ pub unsafe fn start(cycle: &ngx_cycle_t, mcf: &MainConf) {
         let seed = std::process::id() as u64 ^ stats::unix_now().wrapping_mul(0x9e37_79b9_7f4a_7c15);
         n + seed % (jitter + 1)
     });
+    let _ = STARTED.set(std::time::Instant::now());
     let _ = LIMITS.set(Limits {
         max_requests,
         max_rss: mcf.max_rss,
@@ -120,6 +122,11 @@ pub unsafe fn start(cycle: &ngx_cycle_t, mcf: &MainConf) {
     stats::set_rss(stats::current_rss());
 }
 
+/// Records the worker's memory now (after Python started and imported the applications).
+pub fn update_rss() {
+    stats::set_rss(stats::current_rss());
+}
+
 /// Leaves the status board (at worker exit).
 pub fn stop() {
     stats::release();
@@ -132,10 +139,14 @@ extern "C" fn housekeeping(ev: *mut ngx_event_t) {
         if let Some(max) = limits.max_rss.filter(|&m| rss > m) {
             recycle(&format!("its memory ({} MB) passed wsgi_max_rss ({} MB)", rss >> 20, max >> 20));
         }
-        if let Some(max) = limits.max_lifetime {
-            let age = stats::unix_now().saturating_sub(stats::started());
-            if age >= max.as_secs().max(1) {
-                recycle(&format!("it has run for {age}s (wsgi_max_lifetime {}s)", max.as_secs()));
+        if let (Some(max), Some(started)) = (limits.max_lifetime, STARTED.get()) {
+            let age = started.elapsed();
+            if age >= max {
+                recycle(&format!(
+                    "it has run for {}s (wsgi_max_lifetime {}s)",
+                    age.as_secs(),
+                    max.as_secs()
+                ));
             }
         }
     }
