@@ -1,6 +1,8 @@
 # ngx-wsgi: build, test, run.
 #
 #   make run     serve examples/ on http://127.0.0.1:8080 (installs what is missing, builds)
+#                with tools/ngx_wsgi_cli.py (`ngx-wsgi serve`)
+#   make deb     the Debian package libnginx-mod-http-wsgi in build/deb/
 #   make test    unit tests + integration tests against Debian's nginx and the vendored nginx
 #   make build   the module for Debian's nginx (build/debian) and for the vendored nginx (build/vendored)
 
@@ -15,7 +17,7 @@ DEB_ENV := NGINX_SOURCE_DIR=$(NGX_DEB_TREE) NGINX_BUILD_DIR=$(NGX_DEB_TREE)/objs
 VENV := $(BUILD)/venv
 SRCS := $(shell find src -type f) Cargo.toml build.rs
 
-.PHONY: all build build-debian build-vendored deps venv test unit-test integration-test run clean
+.PHONY: all build build-debian build-vendored deps venv test unit-test integration-test run deb clean
 
 all: build
 
@@ -58,15 +60,25 @@ integration-test: build venv
 
 test: unit-test integration-test
 
-DEMO := $(BUILD)/demo
 run:
 	@command -v nginx >/dev/null && test -d /usr/share/nginx/src || ci/install-deps.sh
 	$(MAKE) build-debian
-	mkdir -p $(DEMO)
-	sed -e 's#@ROOT@#$(CURDIR)#g' -e 's#@PREFIX@#$(DEMO)#g' \
-	    -e 's#@MODULE@#$(BUILD)/debian/ngx_http_wsgi_module.so#g' nginx-conf/demo.conf.in > $(DEMO)/nginx.conf
-	@echo "serving examples/ on http://127.0.0.1:8080 (Ctrl-C stops)"
-	exec /usr/sbin/nginx -p $(DEMO) -c $(DEMO)/nginx.conf
+	exec tools/ngx_wsgi_cli.py serve examples/app.py --nginx /usr/sbin/nginx --module build/debian/ngx_http_wsgi_module.so --static /static=examples/static --port 8080 --access-log
+
+# The Debian package libnginx-mod-http-wsgi (debian/): dpkg-buildpackage writes into the
+# parent directory; the results are moved to build/deb/. debian/rules builds like
+# build-debian, in target/debian, so it reuses what `make build` compiled.
+DEB_VERSION = $(shell dpkg-parsechangelog -S Version)
+deb:
+	@command -v dpkg-buildpackage >/dev/null && dpkg -s debhelper nginx-dev >/dev/null 2>&1 || ci/install-deps.sh
+	dpkg-buildpackage -b -us -uc
+	rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb
+	for f in ../libnginx-mod-http-wsgi_$(DEB_VERSION)_*.deb ../libnginx-mod-http-wsgi-dbgsym_$(DEB_VERSION)_*.deb \
+	         ../ngx-wsgi_$(DEB_VERSION)_*.buildinfo ../ngx-wsgi_$(DEB_VERSION)_*.changes; do \
+	    if [ -e "$$f" ]; then mv -f "$$f" $(BUILD)/deb/; fi; done
+	@ls -l $(BUILD)/deb
 
 clean:
 	rm -rf build target
+	rm -rf debian/.debhelper debian/build debian/tmp debian/libnginx-mod-http-wsgi debian/files \
+	       debian/debhelper-build-stamp debian/*.substvars debian/*.debhelper debian/*.debhelper.log
