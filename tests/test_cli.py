@@ -373,3 +373,19 @@ def test_usage_errors(flavor, tmp_path):
                              text=True, timeout=30)
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr, (args, out.stderr)
+
+
+def test_status_option(cli, tmp_path):
+    """--status /URL adds a wsgi_status location: JSON for every worker of this server."""
+    write_script_app(tmp_path / "site" / "wsgi.py", "hello")
+    c = cli("site/wsgi.py", "--status", "/wsgi-status", "--workers", "2", "--threads", "3")
+    for _ in range(5):
+        assert c.get("/").status_code == 200
+    resp = c.get("/wsgi-status")
+    assert resp.status_code == 200, c.stderr()
+    assert resp.headers["Content-Type"] == "application/json"
+    doc = resp.json()
+    assert len(doc["workers"]) == 2
+    assert all(w["threads"] == 3 for w in doc["workers"])
+    assert sum(w["requests"] for w in doc["workers"]) >= 5
+    assert "wsgi_status;" in (c.server_root / "nginx.conf").read_text()

@@ -263,6 +263,14 @@ class StaticMount:
     is_dir: bool
 
 
+def parse_status_url(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    if not value.startswith("/") or value == "/" or any(c.isspace() for c in value):
+        raise UsageError(f"--status {value!r}: expected a path such as /wsgi-status")
+    return value
+
+
 def parse_static(value: str) -> StaticMount:
     url, sep, directory = value.partition("=")
     if not sep or not url.startswith("/") or not directory:
@@ -292,6 +300,7 @@ class Settings:
     venv: Optional[Path]
     python_path: list
     static: list
+    status: Optional[str]
     access_log: bool
     log_level: str
     max_body_size: str
@@ -384,6 +393,13 @@ def render_config(s: Settings) -> str:
             lines += [f"        location = {quote(mount.url)} {{",
                       f"            alias {quote(mount.path)};",
                       "        }"]
+    if s.status:
+        lines += [f"        location = {quote(s.status)} {{",
+                  "            wsgi_status;",
+                  "            allow 127.0.0.1;",
+                  "            allow ::1;",
+                  "            deny all;",
+                  "        }"]
     lines += [
         "        location / {",
         f"            wsgi_app {quote(s.app.spec)};",
@@ -491,6 +507,8 @@ class Runner:
             lines.append(f"  python path: {' '.join(str(p) for p in s.python_path)}")
         for mount in s.static:
             lines.append(f"  static:      {mount.url} -> {mount.path}")
+        if s.status:
+            lines.append(f"  status:      {s.status} (wsgi_status, from this machine only)")
         lines.append(f"  config:      {s.conf_path} (pid file {s.pid_path})")
         if self.watcher:
             lines.append(f"  reload:      watching {len(self.watcher.snapshot)} Python file(s) "
@@ -617,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "for a module APP)")
     serve.add_argument("--static", action="append", default=[], metavar="/URL=DIR",
                        help="serve DIR (or a single file) at /URL with nginx, repeatable")
+    serve.add_argument("--status", metavar="/URL",
+                       help="answer the workers' wsgi_status JSON at /URL (loopback clients only)")
     serve.add_argument("--reload", action="store_true",
                        help="reload nginx when a Python file of the app changes "
                             "(polled every second)")
@@ -695,6 +715,7 @@ def settings_from_args(args) -> Settings:
         app=app, server_root=server_root, module=module, nginx=nginx, host=args.host,
         port=args.port, workers=args.workers, threads=args.threads, timeout=args.timeout,
         venv=venv, python_path=python_path, static=[parse_static(v) for v in args.static],
+        status=parse_status_url(args.status),
         access_log=args.access_log, log_level=args.log_level,
         max_body_size=args.max_body_size, graceful_timeout=max(0.0, args.graceful_timeout),
         user=user,
