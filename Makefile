@@ -17,7 +17,7 @@ DEB_ENV := NGINX_SOURCE_DIR=$(NGX_DEB_TREE) NGINX_BUILD_DIR=$(NGX_DEB_TREE)/objs
 VENV := $(BUILD)/venv
 SRCS := $(shell find src -type f) Cargo.toml build.rs
 
-.PHONY: all build build-debian build-vendored deps venv test unit-test integration-test run deb clean
+.PHONY: bench bench-quick profile all build build-debian build-vendored deps venv test unit-test integration-test run deb clean
 
 all: build
 
@@ -82,3 +82,15 @@ clean:
 	rm -rf build target
 	rm -rf debian/.debhelper debian/build debian/tmp debian/libnginx-mod-http-wsgi debian/files \
 	       debian/debhelper-build-stamp debian/*.substvars debian/*.debhelper debian/*.debhelper.log
+
+# The peer benchmark (bench/README.md): ngx-wsgi beside nginx, gunicorn, uWSGI, Granian and
+# bjoern, in one run; results in bench/results/.
+bench: build
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+bench-quick: build
+	$(PYTHON) bench/run.py --quick $(BENCH_ARGS)
+
+# Profile the module under load (bench/PROFILING.md).
+profile: build-debian
+	bench/profile.sh

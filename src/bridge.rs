@@ -166,6 +166,9 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     unsafe { ngx_handle_read_event(ev, 0) };
 }
 
+/// Body bytes sent through the filters in one pass at most.
+const COALESCE_LIMIT: usize = 256 * 1024;
+
 /// The loop's side of a request whose application runs on a Python thread.
 pub struct LoopState {
     r: *mut ngx_http_request_t,
@@ -324,7 +327,20 @@ unsafe fn pump(ls: *mut LoopState) {
                 if s.aborted {
                     continue;
                 }
-                if s.sink.body(&data).is_err() {
+                // Pieces that are already waiting go out together: one write, not one each.
+                let mut pieces = vec![data];
+                let mut size = pieces[0].len();
+                while size < COALESCE_LIMIT {
+                    match s.ex.pop_body() {
+                        Some(more) => {
+                            size += more.len();
+                            pieces.push(more);
+                        }
+                        None => break,
+                    }
+                }
+                let slices: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                if s.sink.body_pieces(&slices).is_err() {
                     abort(s);
                     continue;
                 }

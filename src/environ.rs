@@ -77,6 +77,30 @@ pub fn server_software() -> String {
     format!("{} ngx-wsgi/{}", env!("NGX_WSGI_NGINX_VERSION"), env!("CARGO_PKG_VERSION"))
 }
 
+thread_local! {
+    /// `HTTP_*` keys already made as Python strings on this thread: the same few dozen
+    /// header names come with every request.
+    static HEADER_KEYS: std::cell::RefCell<std::collections::HashMap<String, Py<PyString>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Most distinct header names kept per thread (a client inventing names cannot grow it).
+const HEADER_KEYS_MAX: usize = 512;
+
+fn header_key<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyString> {
+    HEADER_KEYS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(k) = cache.get(key) {
+            return k.bind(py).clone();
+        }
+        let k = PyString::intern(py, key);
+        if cache.len() < HEADER_KEYS_MAX {
+            cache.insert(key.to_string(), k.clone().unbind());
+        }
+        k
+    })
+}
+
 /// The per-worker constant part of every environ.
 pub fn base_environ<'py>(
     py: Python<'py>,
@@ -124,7 +148,7 @@ pub fn build<'py>(
         env.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
     }
     for (key, value) in cgi_headers(&parts.headers) {
-        env.set_item(PyString::new(py, &key), native_str(py, &value))?;
+        env.set_item(header_key(py, &key), native_str(py, &value))?;
     }
     if parts.has_body || parts.body_len > 0 {
         // The length of the body as read: right for chunked requests too, which arrive

@@ -135,6 +135,20 @@ impl Exchange {
         ev
     }
 
+    /// Loop side: takes the next event if it is a body piece.
+    pub fn pop_body(&self) -> Option<Vec<u8>> {
+        let mut g = self.lock();
+        if !matches!(g.events.front(), Some(Event::Body(_))) {
+            return None;
+        }
+        let Some(Event::Body(b)) = g.events.pop_front() else { return None };
+        g.queued -= b.len();
+        if g.queued < QUEUE_LIMIT {
+            self.room.notify_all();
+        }
+        Some(b)
+    }
+
     /// Loop side: called when the exchange leaves the bridge's list, before draining it;
     /// later pushes schedule it again.
     pub fn unschedule(&self) {

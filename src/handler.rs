@@ -15,9 +15,8 @@ use ngx::http::HttpModuleLocationConf;
 use ngx::ngx_log_debug;
 use pyo3::prelude::*;
 
-use crate::input::WsgiInput;
 use crate::interp;
-use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ERR};
+use crate::log::{Log, LogWrite};
 use crate::output::{self, NgxSink};
 use crate::request::RequestParts;
 use crate::wsgi::{self, Outcome};
@@ -96,42 +95,15 @@ fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
 
     // Step 1: everything Python needs, copied out of the request.
     // SAFETY: the body has been read (we are its post handler).
-    let mut parts = unsafe { RequestParts::capture(r) };
-    let body = std::mem::take(&mut parts.body);
+    let parts = unsafe { RequestParts::capture(r) };
 
     // Step 2: the application.
-    // SAFETY: the sink is used on this thread only and dropped inside `run`.
+    // SAFETY: the sink is used on this thread only and dropped inside `serve`.
     let sink = Box::new(unsafe { NgxSink::new(r) });
-    let outcome = Python::attach(|py| {
-        let Some(callable) = worker.load(py, app, &log) else {
-            return Outcome::FailedEarly;
-        };
-        let prepared = (|| -> PyResult<_> {
-            let input = Bound::new(py, WsgiInput::new(body))?;
-            let errors = Bound::new(py, LogStream::new(std::sync::Arc::new(log), NGX_LOG_ERR))?;
-            let environ = crate::environ::build(
-                py,
-                worker.base_environ.bind(py),
-                &parts,
-                input.into_any(),
-                errors.clone().into_any(),
-            )?;
-            Ok((environ, errors))
-        })();
-        let (environ, errors) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
-                return Outcome::FailedEarly;
-            }
-        };
-        crate::stats::request_started(0);
-        let t0 = std::time::Instant::now();
-        let outcome = wsgi::run(py, &callable, environ, sink, &log, &app.name);
-        crate::worker::request_done(Some(t0.elapsed()));
-        errors.borrow().detach();
-        outcome
-    });
+    crate::stats::request_started(0);
+    let t0 = std::time::Instant::now();
+    let outcome = Python::attach(|py| wsgi::serve(py, worker, app, parts, sink, std::sync::Arc::new(log)));
+    crate::worker::request_done(Some(t0.elapsed()));
     ngx_log_debug!(log.as_ptr(), "wsgi app done: {:?}", outcome);
 
     // Step 3: end the response.

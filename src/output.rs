@@ -161,11 +161,36 @@ impl Sink for NgxSink {
     }
 
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.body_pieces(&[data])
+    }
+}
+
+impl NgxSink {
+    /// Sends several body pieces in one chain (one pass through the filters, one write),
+    /// flushed at its end.
+    pub fn body_pieces(&mut self, pieces: &[&[u8]]) -> Result<(), SinkError> {
         self.reclaim();
-        let cl = self.buffer(data).ok_or(SinkError::Closed)?;
+        let mut first: *mut ngx_chain_t = ptr::null_mut();
+        let mut last: *mut ngx_chain_t = ptr::null_mut();
+        for piece in pieces.iter().filter(|p| !p.is_empty()) {
+            let cl = self.buffer(piece).ok_or(SinkError::Closed)?;
+            // SAFETY: our own fresh links; only the chain's last buffer is flushed.
+            unsafe {
+                if last.is_null() {
+                    first = cl;
+                } else {
+                    (*last).next = cl;
+                    (*(*last).buf).set_flush(0);
+                }
+            }
+            last = cl;
+            self.busy.push(cl);
+        }
+        if first.is_null() {
+            return Ok(());
+        }
         // SAFETY: a chain of our own buffers into the live request's filters.
-        let rc = unsafe { ngx_http_output_filter(self.r, cl) };
-        self.busy.push(cl);
+        let rc = unsafe { ngx_http_output_filter(self.r, first) };
         if rc == NGX_ERROR as ngx_int_t {
             return Err(SinkError::Closed);
         }

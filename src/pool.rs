@@ -11,11 +11,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use crate::exchange::{Event, Exchange, ThreadSink};
-use crate::input::WsgiInput;
-use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ERR};
+use crate::log::{Log, LogWrite, NGX_LOG_ERR};
 use crate::request::RequestParts;
 use crate::wsgi::{self, Outcome};
 
@@ -211,44 +209,16 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
 }
 
 fn run_job(py: Python<'_>, job: Job) -> Outcome {
-    let Job { ex, mut parts, app } = job;
+    let Job { ex, parts, app } = job;
     if ex.is_cancelled() {
         return Outcome::ClientGone;
     }
     let Some(worker) = crate::interp::worker() else {
         return Outcome::FailedEarly;
     };
-    let app = &worker.apps[app];
-    let log: Arc<dyn LogWrite> = Arc::new(ex.clone());
-    let Some(callable) = worker.load(py, app, log.as_ref()) else {
-        return Outcome::FailedEarly;
-    };
-    let body = std::mem::take(&mut parts.body);
     let head_request = parts.method == b"HEAD";
-    let prepared = (|| -> PyResult<(Bound<'_, PyDict>, Bound<'_, LogStream>)> {
-        let input = Bound::new(py, WsgiInput::new(body))?;
-        let errors = Bound::new(py, LogStream::new(log.clone(), NGX_LOG_ERR))?;
-        let environ = crate::environ::build(
-            py,
-            worker.base_environ.bind(py),
-            &parts,
-            input.into_any(),
-            errors.clone().into_any(),
-        )?;
-        Ok((environ, errors))
-    })();
-    let (environ, errors) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
-            return Outcome::FailedEarly;
-        }
-    };
     let sink = Box::new(ThreadSink { ex: ex.clone(), head_request });
-    let outcome = wsgi::run(py, &callable, environ, sink, log.as_ref(), &app.name);
-    // An application that keeps wsgi.errors past the request writes to the worker's log.
-    errors.borrow().detach();
-    outcome
+    wsgi::serve(py, worker, &worker.apps[app], parts, sink, Arc::new(ex))
 }
 
 fn watchdog_thread(py: Python<'_>, pool: &Pool) {

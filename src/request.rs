@@ -95,16 +95,11 @@ impl RequestParts {
             part = p.next;
         }
 
-        // The local address: SERVER_PORT, and SERVER_NAME's last fallback.
-        let mut addr = [0u8; 128]; // NGX_SOCKADDR_STRLEN is a macro bindgen does not see
-        let mut local = ngx_str_t { len: addr.len(), data: addr.as_mut_ptr() };
-        // SAFETY: `local` points at a buffer of the length it declares; the call fills
-        // `c->local_sockaddr` on first use.
-        let rc = unsafe { ngx_connection_local_sockaddr(c, &mut local, 0) };
+        // The local address: SERVER_PORT (and below, SERVER_NAME's last fallback).
+        // SAFETY: with no text buffer the call only fills `c->local_sockaddr` on first use.
+        let rc = unsafe { ngx_connection_local_sockaddr(c, core::ptr::null_mut(), 0) };
         if rc == ngx::ffi::NGX_OK as isize {
             parts.server_port = unsafe { ngx_inet_get_port(c.local_sockaddr) } as u16;
-        } else {
-            local.len = 0;
         }
 
         // SERVER_NAME: the validated Host (without port), else the server's configured
@@ -116,6 +111,12 @@ impl RequestParts {
             }
         }
         if parts.server_name.is_empty() {
+            let mut addr = [0u8; 128]; // NGX_SOCKADDR_STRLEN is a macro bindgen does not see
+            let mut local = ngx_str_t { len: addr.len(), data: addr.as_mut_ptr() };
+            // SAFETY: `local` points at a buffer of the length it declares.
+            if unsafe { ngx_connection_local_sockaddr(c, &mut local, 0) } != ngx::ffi::NGX_OK as isize {
+                local.len = 0;
+            }
             let mut s = bytes_of(&local);
             // "[::1]:8080" style texts are not produced with port = 0; IPv6 stays bare.
             if s.first() == Some(&b'[') {

@@ -15,7 +15,10 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::log::LogWrite;
+use crate::input::WsgiInput;
+use crate::interp::{App, Worker};
+use crate::log::{LogStream, LogWrite, NGX_LOG_ERR};
+use crate::request::RequestParts;
 use crate::response::{Responder, Sink, StartResponse};
 
 /// How a request ended, for the caller that finalizes it in nginx.
@@ -70,6 +73,45 @@ impl FileWrapper {
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
     o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// The whole Python side of one request: the application (imported if need be), its
+/// environ with `wsgi.input` and `wsgi.errors`, the call and the response into `sink`.
+pub fn serve(
+    py: Python<'_>,
+    worker: &Worker,
+    app: &App,
+    mut parts: RequestParts,
+    sink: Box<dyn Sink>,
+    log: std::sync::Arc<dyn LogWrite>,
+) -> Outcome {
+    let Some(callable) = worker.load(py, app, log.as_ref()) else {
+        return Outcome::FailedEarly;
+    };
+    let body = std::mem::take(&mut parts.body);
+    let prepared = (|| -> PyResult<(Bound<'_, PyDict>, Bound<'_, LogStream>)> {
+        let input = Bound::new(py, WsgiInput::new(body))?;
+        let errors = Bound::new(py, LogStream::new(log.clone(), NGX_LOG_ERR))?;
+        let environ = crate::environ::build(
+            py,
+            worker.base_environ.bind(py),
+            &parts,
+            input.into_any(),
+            errors.clone().into_any(),
+        )?;
+        Ok((environ, errors))
+    })();
+    let (environ, errors) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
+            return Outcome::FailedEarly;
+        }
+    };
+    let outcome = run(py, &callable, environ, sink, log.as_ref(), &app.name);
+    // An application that keeps wsgi.errors past the request writes to the worker's log.
+    errors.borrow().detach();
+    outcome
 }
 
 /// Calls `app(environ, start_response)` and sends its response through `sink`.
