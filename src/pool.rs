@@ -130,8 +130,28 @@ impl Pool {
     }
 }
 
+/// Runs `f` with every signal blocked on this thread, so that threads it spawns inherit a
+/// full mask: nginx's signals (QUIT, TERM, HUP, USR1...) must reach the event loop thread,
+/// whose handlers and `epoll_wait` act on them, never a Python thread.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain sigset operations on local values; the old mask is restored below.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
 /// Starts `threads` application threads and the watchdog.
 pub fn start(threads: usize, capacity: usize) -> std::io::Result<()> {
+    with_signals_blocked(|| spawn_all(threads, capacity))
+}
+
+fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
     let pool = Arc::new(Pool {
         q: Mutex::new(Queue::default()),
         work: Condvar::new(),
