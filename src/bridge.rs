@@ -201,7 +201,7 @@ fn request_log(r: *mut ngx_http_request_t) -> Log {
 /// `r` is a live request in its body-read post handler, on the event loop thread.
 pub unsafe fn dispatch(
     r: *mut ngx_http_request_t,
-    mut job: crate::pool::Job,
+    job: crate::pool::Job,
     app_name: String,
     timeout: ngx_msec_t,
 ) -> Option<ngx_int_t> {
@@ -241,7 +241,6 @@ pub unsafe fn dispatch(
         (*cln).data = ls as *mut c_void;
     }
     ex.loop_state.store(ls as *mut c_void, Ordering::Release);
-    job.ex = ex.clone();
 
     if let Err(_job) = pool.try_submit(job) {
         log.write_direct(
