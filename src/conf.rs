@@ -513,66 +513,49 @@ extern "C" fn set_python_path(
     conf_ok()
 }
 
+fn emerg(cf: *mut ngx_conf_t, msg: String) -> *mut c_char {
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{msg}");
+    conf_error()
+}
+
+/// The common shape of a one-value directive: refuse a duplicate, parse the argument, report
+/// a bad value as `invalid "NAME" value: ...`.
+fn set_once<T>(
+    cf: *mut ngx_conf_t,
+    name: &str,
+    slot: &mut Option<T>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> *mut c_char {
+    if slot.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    // SAFETY: called from a directive handler with its parse state.
+    let value = unsafe { args(cf)[1] };
+    match parse(value) {
+        Ok(v) => {
+            *slot = Some(v);
+            conf_ok()
+        }
+        Err(e) => emerg(cf, format!("invalid \"{name}\" value: {e}")),
+    }
+}
+
 extern "C" fn set_threads(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    if mcf.threads.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let value = unsafe { args(cf)[1] };
-    match parse_count(value, 4096) {
-        Ok(n) => {
-            mcf.threads = Some(n);
-            conf_ok()
-        }
-        Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_threads\" value: {e}");
-            conf_error()
-        }
-    }
+    set_once(cf, "wsgi_threads", &mut mcf.threads, |v| parse_count(v, 4096))
 }
 
 extern "C" fn set_queue(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    if mcf.queue.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let value = unsafe { args(cf)[1] };
-    match parse_count(value, 1_000_000) {
-        Ok(n) => {
-            mcf.queue = Some(n);
-            conf_ok()
-        }
-        Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_queue\" value: {e}");
-            conf_error()
-        }
-    }
+    set_once(cf, "wsgi_queue", &mut mcf.queue, |v| parse_count(v, 1_000_000))
 }
 
 extern "C" fn set_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location configuration.
     let lcf = unsafe { &mut *(conf as *mut LocConf) };
-    if lcf.timeout_ms.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let value = unsafe { args(cf)[1] };
-    match parse_time_ms(value) {
-        Ok(ms) => {
-            lcf.timeout_ms = Some(ms);
-            conf_ok()
-        }
-        Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_timeout\" value: {e}");
-            conf_error()
-        }
-    }
-}
-
-fn emerg(cf: *mut ngx_conf_t, msg: String) -> *mut c_char {
-    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{msg}");
-    conf_error()
+    set_once(cf, "wsgi_timeout", &mut lcf.timeout_ms, parse_time_ms)
 }
 
 extern "C" fn set_max_requests(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
@@ -598,35 +581,19 @@ extern "C" fn set_max_requests(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, co
 extern "C" fn set_max_rss(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    if mcf.max_rss.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let value = unsafe { args(cf)[1] };
-    match parse_size(value) {
-        Ok(n) if n > 0 => {
-            mcf.max_rss = Some(n);
-            conf_ok()
-        }
-        Ok(_) => emerg(cf, "invalid \"wsgi_max_rss\" value \"0\"".into()),
-        Err(e) => emerg(cf, format!("invalid \"wsgi_max_rss\" value: {e}")),
-    }
+    set_once(cf, "wsgi_max_rss", &mut mcf.max_rss, |v| match parse_size(v)? {
+        0 => Err("\"0\"".into()),
+        n => Ok(n),
+    })
 }
 
 extern "C" fn set_max_lifetime(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    if mcf.max_lifetime_ms.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let value = unsafe { args(cf)[1] };
-    match parse_time_ms(value) {
-        Ok(ms) if ms >= 1000 => {
-            mcf.max_lifetime_ms = Some(ms);
-            conf_ok()
-        }
-        Ok(_) => emerg(cf, format!("invalid \"wsgi_max_lifetime\" value \"{value}\": at least 1s")),
-        Err(e) => emerg(cf, format!("invalid \"wsgi_max_lifetime\" value: {e}")),
-    }
+    set_once(cf, "wsgi_max_lifetime", &mut mcf.max_lifetime_ms, |v| match parse_time_ms(v)? {
+        ms if ms >= 1000 => Ok(ms),
+        _ => Err(format!("\"{v}\": at least 1s")),
+    })
 }
 
 extern "C" fn set_worker_hook(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
