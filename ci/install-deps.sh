@@ -2,7 +2,7 @@
 # Installs what building and testing ngx-wsgi needs on Debian 12 (run as root, or with sudo).
 set -euo pipefail
 pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev python3-dev python3-venv
-      python3-pip wrk curl pkg-config make gcc
+      python3-pip wrk curl pkg-config make gcc openssl
       debhelper dpkg-dev fakeroot)
 missing=()
 for p in "${pkgs[@]}"; do
