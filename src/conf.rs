@@ -602,17 +602,7 @@ extern "C" fn set_worker_hook(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf
     let stop = unsafe { (*cmd).offset } == 1;
     let name = if stop { "wsgi_worker_stop" } else { "wsgi_worker_start" };
     let slot = if stop { &mut mcf.worker_stop } else { &mut mcf.worker_start };
-    if slot.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let value = unsafe { args(cf)[1] };
-    match parse_hook(value) {
-        Ok(h) => {
-            *slot = Some(h);
-            conf_ok()
-        }
-        Err(e) => emerg(cf, format!("invalid \"{name}\" value: {e}")),
-    }
+    set_once(cf, name, slot, parse_hook)
 }
 
 extern "C" fn set_status(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
