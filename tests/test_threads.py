@@ -37,6 +37,7 @@ def threads_conf(main="", location=""):
             {location}
         }}
         location = /ok {{ return 200 "ok\\n"; }}
+        location = /wsgi-status {{ wsgi_status; }}
         location = /static.txt {{ root @PREFIX@/html; }}
         location = /proxied {{ proxy_pass http://127.0.0.1:@PORT@/ok; }}
     }}
@@ -301,7 +302,8 @@ def test_full_queue_answers_503_at_once(nginx_servers):
     first = Background(srv, f"/sleep?s=2&token={tok}")
     wait_state(srv, tok, "started", 5, "the first request to run")
     second = Background(srv, "/sleep?s=0.2")
-    time.sleep(0.3)  # let nginx queue it
+    wait_until(lambda: srv.get("/wsgi-status").json()["workers"][0]["queue"] == 1, 5,
+               what="the second request waiting in the queue")
     assert not second.done()
 
     resp, elapsed = timed_get(srv, "/sleep?s=0.1", timeout=10)

@@ -622,7 +622,8 @@ def test_status_counts_running_and_queued_requests(nginx_servers):
     wait_until(lambda: all((srv.state_dir / f"{t}.started").exists() for t in tokens[:4]), 5,
                what="four sleepers running")
     jobs.append(Background(srv, f"/sleep?ms=2000&token={tokens[4]}"))
-    time.sleep(0.4)
+    wait_until(lambda: get_status(srv)["workers"][0]["in_flight"] == 5, 5,
+               what="the fifth request handed to the module")
     assert not (srv.state_dir / f"{tokens[4]}.started").exists(), "the fifth did not wait"
     (during,) = get_status(srv)["workers"]
     responses = [job.result() for job in jobs]
