@@ -40,8 +40,12 @@ $(BUILD)/debian/ngx_http_wsgi_module.so: $(SRCS) $(NGX_DEB_TREE)/objs/ngx_auto_c
 	$(DEB_ENV) $(CARGO) build --profile $(PROFILE) --target-dir target/debian
 	mkdir -p $(@D) && cp target/debian/$(PROFILE)/libngx_http_wsgi_module.so $@.tmp && mv -f $@.tmp $@
 
+# The vendored nginx gets the modules users put around a content handler (and the tests
+# exercise): debug logging, sub_filter, addition, auth_request, gunzip.
+NGX_VENDORED_ARGS := --with-debug --with-http_sub_module --with-http_addition_module \
+	--with-http_auth_request_module --with-http_gunzip_module --with-http_stub_status_module
 $(BUILD)/vendored/ngx_http_wsgi_module.so: $(SRCS)
-	$(CARGO) build --profile $(PROFILE) --features vendored --target-dir target/vendored
+	NGX_CONFIGURE_ARGS="$(NGX_VENDORED_ARGS)" $(CARGO) build --profile $(PROFILE) --features vendored --target-dir target/vendored
 	mkdir -p $(@D) && cp target/vendored/$(PROFILE)/libngx_http_wsgi_module.so $@.tmp && mv -f $@.tmp $@
 	cp "$$(ls -t target/vendored/$(PROFILE)/build/nginx-sys-*/out/objs/nginx | head -1)" $(@D)/nginx.tmp && mv -f $(@D)/nginx.tmp $(@D)/nginx
 

@@ -3,6 +3,7 @@
 import hashlib
 import importlib
 import importlib.util
+import io
 import os
 import sys
 
@@ -56,3 +57,38 @@ def load_module(module_name, callable_name):
     """Imports a dotted module from sys.path."""
     module = importlib.import_module(module_name)
     return _resolve(module, callable_name, module_name)
+
+
+class _LogRaw(io.RawIOBase):
+    """The bytes end of sys.stdout / sys.stderr: every write goes to nginx's error log
+    (through the module's log stream, which keeps partial lines until their newline).
+    fileno() is 2, which nginx points at the error log in its workers, so that code writing
+    to the descriptor (faulthandler, subprocesses) lands there too."""
+
+    def __init__(self, sink):
+        super().__init__()
+        self._sink = sink
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self._sink.write_bytes(bytes(data))
+
+    def flush(self):
+        if not self.closed:
+            self._sink.flush()
+
+    def fileno(self):
+        return 2
+
+    def isatty(self):
+        return False
+
+
+def log_stream(sink):
+    """A text stream like the interpreter's own sys.stderr (buffer, encoding, errors,
+    fileno, line buffering) whose output goes to nginx's error log."""
+    raw = _LogRaw(sink)
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace",
+                            line_buffering=True, write_through=True)

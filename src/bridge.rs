@@ -12,6 +12,13 @@
 //! `r->main->blocked` makes nginx defer a termination (client gone) until then. A cleanup
 //! handler marks the exchange cancelled if nginx terminates the request first. `LoopState`
 //! is freed by whichever of the cleanup handler or the final step comes last.
+//!
+//! Inline mode (`wsgi_threads 0`) uses the same `LoopState` when a response has to wait for
+//! the client: the paused body (`wsgi::Running`) is resumed on the loop from write events,
+//! and a termination meanwhile closes it from the cleanup handler (nothing else holds it).
+//!
+//! Waiting for the client follows `ngx_http_writer`: a write event delayed by `limit_rate`
+//! is the write filter's (its timer is left alone), otherwise `send_timeout` watches it.
 
 use core::ffi::c_void;
 use core::ptr;
@@ -23,16 +30,17 @@ use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_cycle_t, ngx_del_timer, ngx_event_t, ngx_get_connection,
     ngx_handle_read_event, ngx_handle_write_event, ngx_http_cleanup_add, ngx_http_finalize_request,
     ngx_http_output_filter, ngx_http_request_empty_handler, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_GATEWAY_TIME_OUT,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
+use pyo3::Python;
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 use crate::exchange::{Event, Exchange};
 use crate::log::Log;
-use crate::output::{self, NgxSink};
+use crate::output::{self, output_busy, NgxSink};
 use crate::response::Sink;
-use crate::wsgi::Outcome;
+use crate::wsgi::{Outcome, Running, Step};
 
 struct Shared {
     /// -1 once the bridge is stopped.
@@ -169,15 +177,27 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
 /// Body bytes sent through the filters in one pass at most.
 const COALESCE_LIMIT: usize = 256 * 1024;
 
-/// The loop's side of a request whose application runs on a Python thread.
+/// Who produces the response.
+enum Work {
+    /// A Python thread, through the exchange; the loop writes into the request with `sink`.
+    Thread { ex: Arc<Exchange>, sink: NgxSink },
+    /// The loop itself (inline mode): a paused body, resumed when the client drained.
+    Inline { running: Option<Running>, app_time: std::time::Duration },
+}
+
+/// The loop's side of a request whose response is still being produced.
+#[repr(C)]
 pub struct LoopState {
-    r: *mut ngx_http_request_t,
-    ex: Arc<Exchange>,
-    sink: NgxSink,
-    app_name: String,
-    timeout: ngx_msec_t,
+    /// `wsgi_timeout` (threaded mode). First field: `on_timeout` finds the state from it.
     timer: ngx_event_t,
+    r: *mut ngx_http_request_t,
+    work: Work,
+    app_name: &'static str,
+    timeout: ngx_msec_t,
     headers_sent: bool,
+    /// False once the head went out for a response without a body (HEAD, 204, 304, a
+    /// header-only subrequest such as `auth_request`'s): body events are dropped.
+    body_allowed: bool,
     /// nginx still holds unsent output: take no more events until it drains.
     waiting_write: bool,
     /// The client is gone or sending failed: discard events until `Done`.
@@ -193,6 +213,48 @@ fn request_log(r: *mut ngx_http_request_t) -> Log {
     unsafe { Log::from_ptr((*(*r).connection).log) }
 }
 
+impl LoopState {
+    fn new(r: *mut ngx_http_request_t, work: Work, app_name: &'static str, timeout: ngx_msec_t) -> *mut LoopState {
+        Box::into_raw(Box::new(LoopState {
+            // SAFETY: an all-zero event is nginx's idea of an unused event.
+            timer: unsafe { core::mem::zeroed() },
+            r,
+            work,
+            app_name,
+            timeout,
+            headers_sent: false,
+            body_allowed: true,
+            waiting_write: false,
+            aborted: false,
+            finished: false,
+            cleaned: false,
+        }))
+    }
+}
+
+/// Registers the cleanup handler and the module context of a new loop state. False (and
+/// the state freed) when the request pool is exhausted.
+///
+/// # Safety
+/// `r` is a live request on its loop thread; `ls` was just made by `LoopState::new`.
+unsafe fn attach(r: *mut ngx_http_request_t, ls: *mut LoopState) -> bool {
+    // SAFETY: the caller's contract; the cleanup entry is freed with the request pool.
+    unsafe {
+        let cln = ngx_http_cleanup_add(r, 0);
+        if cln.is_null() {
+            drop(Box::from_raw(ls));
+            return false;
+        }
+        (*cln).handler = Some(cleanup);
+        (*cln).data = ls as *mut c_void;
+        set_ctx(r, ls);
+        // Notice a client that goes away while the application runs.
+        (*r).read_event_handler = Some(ngx_http_test_reading);
+        (*r).write_event_handler = Some(ngx_http_request_empty_handler);
+    }
+    true
+}
+
 /// Hands the request to the Python threads. Returns the code to finalize the request with
 /// now (a 503 when the queue is full), or `None` when the request continues in the loop
 /// state and is finalized later.
@@ -202,43 +264,20 @@ fn request_log(r: *mut ngx_http_request_t) -> Log {
 pub unsafe fn dispatch(
     r: *mut ngx_http_request_t,
     job: crate::pool::Job,
-    app_name: String,
+    app_name: &'static str,
     timeout: ngx_msec_t,
 ) -> Option<ngx_int_t> {
     let Some(pool) = crate::pool::get() else {
         return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
     let ex = job.ex.clone();
-    // SAFETY: the caller's contract.
-    let req = unsafe { &mut *r };
     let log = request_log(r);
-
-    let ls = Box::into_raw(Box::new(LoopState {
-        r,
-        ex: ex.clone(),
-        // SAFETY: the sink lives in the loop state, used on this thread while `r` lives.
-        sink: unsafe { NgxSink::new(r) },
-        app_name,
-        timeout,
-        // SAFETY: an all-zero event is nginx's idea of an unused event.
-        timer: unsafe { core::mem::zeroed() },
-        headers_sent: false,
-        waiting_write: false,
-        aborted: false,
-        finished: false,
-        cleaned: false,
-    }));
-    // SAFETY: `r` is live; the cleanup is freed with the request pool.
-    let cln = unsafe { ngx_http_cleanup_add(r, 0) };
-    if cln.is_null() {
-        // SAFETY: not shared with anyone yet.
-        drop(unsafe { Box::from_raw(ls) });
+    // SAFETY: the sink lives in the loop state, used on this thread while `r` lives.
+    let work = Work::Thread { ex: ex.clone(), sink: unsafe { NgxSink::new(r) } };
+    let ls = LoopState::new(r, work, app_name, timeout);
+    // SAFETY: the caller's contract.
+    if !unsafe { attach(r, ls) } {
         return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-    }
-    // SAFETY: a fresh cleanup entry of the live request.
-    unsafe {
-        (*cln).handler = Some(cleanup);
-        (*cln).data = ls as *mut c_void;
     }
     ex.loop_state.store(ls as *mut c_void, Ordering::Release);
 
@@ -250,9 +289,11 @@ pub unsafe fn dispatch(
                 pool.waiting()
             ),
         );
-        // SAFETY: our own loop state; the request is finalized by the caller.
+        // SAFETY: our own loop state; the request is finalized by the caller, and the
+        // cleanup handler frees the state.
         unsafe {
             (*ls).finished = true;
+            set_ctx(r, ptr::null_mut());
         }
         ex.loop_state.store(ptr::null_mut(), Ordering::Release);
         return Some(ngx::ffi::NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
@@ -262,23 +303,45 @@ pub unsafe fn dispatch(
     // SAFETY: the live main request; `blocked` defers nginx's termination of it while the
     // application runs. We hold it until the final step.
     unsafe {
-        let main = &mut *req.main;
+        let main = &mut *(*r).main;
         main.set_blocked(main.blocked() + 1);
     }
-    // Notice a client that goes away while the application runs.
-    req.read_event_handler = Some(ngx_http_test_reading);
-    req.write_event_handler = Some(ngx_http_request_empty_handler);
-    // SAFETY: the module's ctx slot of the live request points at its loop state.
-    unsafe { set_ctx(r, ls) };
     if timeout > 0 {
-        // SAFETY: the timer event lives in the loop state, removed before it is freed.
+        // SAFETY: the timer event lives in the loop state, removed before it is freed; its
+        // `data` is the connection, which nginx's debug logging reads as one.
         unsafe {
             let t = &mut (*ls).timer;
             t.handler = Some(on_timeout);
-            t.data = ls as *mut c_void;
-            t.log = (*req.connection).log;
+            t.data = (*r).connection as *mut c_void;
+            t.log = (*(*r).connection).log;
             ngx_add_timer(t, timeout);
         }
+    }
+    None
+}
+
+/// Inline mode: the body of `running` waits for the client. Returns the code to finalize
+/// with now, or `None` when the request continues from write events.
+///
+/// # Safety
+/// `r` is a live request in its body-read post handler, on the event loop thread; its
+/// header has been sent.
+pub unsafe fn park(
+    r: *mut ngx_http_request_t,
+    running: Running,
+    app_name: &'static str,
+    app_time: std::time::Duration,
+) -> Option<ngx_int_t> {
+    let ls = LoopState::new(r, Work::Inline { running: Some(running), app_time }, app_name, 0);
+    // SAFETY: the caller's contract.
+    if !unsafe { attach(r, ls) } {
+        return Some(NGX_ERROR as ngx_int_t);
+    }
+    // SAFETY: the new, attached loop state of the live request.
+    unsafe {
+        (*ls).headers_sent = true;
+        (*ls).waiting_write = true;
+        arm_write(&mut *ls);
     }
     None
 }
@@ -295,42 +358,86 @@ unsafe fn get_ctx(r: *mut ngx_http_request_t) -> *mut LoopState {
     unsafe { *(*r).ctx.add(idx) as *mut LoopState }
 }
 
-/// True while nginx holds output it could not send yet.
-unsafe fn output_busy(r: *mut ngx_http_request_t) -> bool {
-    // SAFETY: reading flags of a live request and its connection.
-    unsafe { !(*r).out.is_null() || (*r).buffered() != 0 || (*(*r).connection).buffered() != 0 }
+/// Moves the response on: the thread's events, or the paused inline body.
+unsafe fn resume(ls: *mut LoopState) {
+    // SAFETY: the caller passes a live loop state.
+    match unsafe { &(*ls).work } {
+        Work::Thread { .. } => unsafe { pump(ls) },
+        Work::Inline { .. } => unsafe { step_inline(ls) },
+    }
+}
+
+/// Inline mode: pulls more of the paused body, on the loop.
+unsafe fn step_inline(ls: *mut LoopState) {
+    // SAFETY: a live loop state whose request is live.
+    let s = unsafe { &mut *ls };
+    let Work::Inline { running, app_time } = &mut s.work else { return };
+    let Some(mut run) = running.take() else { return };
+    let step = if s.aborted {
+        Python::attach(|py| run.abandon(py));
+        Step::Done(Outcome::ClientGone)
+    } else {
+        let t0 = std::time::Instant::now();
+        let step = Python::attach(|py| run.resume(py));
+        *app_time += t0.elapsed();
+        if step == Step::Pause {
+            *running = Some(run);
+        }
+        step
+    };
+    match step {
+        Step::Pause => {
+            s.waiting_write = true;
+            // SAFETY: the live request.
+            unsafe { arm_write(s) };
+        }
+        Step::Done(outcome) => {
+            let t = *app_time;
+            crate::worker::request_done(Some(t));
+            // SAFETY: the final step; `ls` must not be used after it.
+            unsafe { complete(ls, outcome) };
+        }
+    }
 }
 
 /// Applies the exchange's events to the request, until nginx cannot take more output.
 unsafe fn pump(ls: *mut LoopState) {
     // SAFETY: the caller passes a live loop state whose request is live.
     let s = unsafe { &mut *ls };
+    let Work::Thread { ex, sink } = &mut s.work else { return };
+    let ex = ex.clone();
+    // The sink lives in the loop state, apart from the flags `abort`/`progress` touch.
+    let sink: *mut NgxSink = sink;
     loop {
         if s.waiting_write && !s.aborted {
             return;
         }
-        let Some(ev) = s.ex.pop() else { return };
+        let Some(ev) = ex.pop() else { return };
         match ev {
             Event::Log(level, msg) => request_log(s.r).write_direct(level, &msg),
             Event::Head(head) => {
                 if s.aborted {
                     continue;
                 }
-                match s.sink.start(&head) {
-                    Ok(_) => s.headers_sent = true,
+                // SAFETY: see `sink` above.
+                match unsafe { (*sink).start(&head) } {
+                    Ok(body) => {
+                        s.headers_sent = true;
+                        s.body_allowed = body;
+                    }
                     Err(_) => abort(s),
                 }
-                unsafe { progress(s) };
+                progress(s);
             }
             Event::Body(data) => {
-                if s.aborted {
+                if s.aborted || !s.body_allowed {
                     continue;
                 }
                 // Pieces that are already waiting go out together: one write, not one each.
                 let mut pieces = vec![data];
                 let mut size = pieces[0].len();
                 while size < COALESCE_LIMIT {
-                    match s.ex.pop_body() {
+                    match ex.pop_body() {
                         Some(more) => {
                             size += more.len();
                             pieces.push(more);
@@ -339,16 +446,18 @@ unsafe fn pump(ls: *mut LoopState) {
                     }
                 }
                 let slices: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-                if s.sink.body_pieces(&slices).is_err() {
+                // SAFETY: see `sink` above.
+                if unsafe { (*sink).body_pieces(&slices) }.is_err() {
                     abort(s);
                     continue;
                 }
-                unsafe { progress(s) };
+                progress(s);
                 // SAFETY: the live request.
                 if unsafe { output_busy(s.r) } {
                     // Now the client is the slow side: send_timeout watches it, and the
                     // application's timeout waits until output flows again.
                     s.waiting_write = true;
+                    // SAFETY: the loop state's own timer; the live request.
                     unsafe {
                         if s.timer.timer_set() != 0 {
                             ngx_del_timer(&mut s.timer);
@@ -370,26 +479,31 @@ unsafe fn pump(ls: *mut LoopState) {
 
 /// The application produced output: `wsgi_timeout` counts from here again (like
 /// `proxy_read_timeout`, it bounds the time between two pieces of output, so a long stream
-/// that keeps producing is not cut).
-unsafe fn progress(s: &mut LoopState) {
-    if s.timeout > 0 {
-        // SAFETY: the loop state's own timer event.
+/// that keeps producing is not cut). Not after an abort: the request waits only for the
+/// thread to notice.
+fn progress(s: &mut LoopState) {
+    if s.timeout > 0 && !s.aborted && s.timer.handler.is_some() {
+        // SAFETY: the loop state's own timer event, set up in `dispatch`.
         unsafe { ngx_add_timer(&mut s.timer, s.timeout) };
     }
 }
 
-/// Waits for the connection to become writable again (with `send_timeout`).
+fn send_conf(r: &ngx_http_request_t) -> (usize, ngx_msec_t) {
+    NgxHttpCoreModule::location_conf(r).map(|c| (c.send_lowat, c.send_timeout)).unwrap_or((0, 60000))
+}
+
+/// Waits for the connection to drain, as `ngx_http_set_write_handler` does.
 unsafe fn arm_write(s: &mut LoopState) {
     // SAFETY: the live request and its connection's write event.
     unsafe {
         let r = &mut *s.r;
         r.write_event_handler = Some(on_write);
         let wev = (*r.connection).write;
-        let clcf = NgxHttpCoreModule::location_conf(r);
-        let (lowat, send_timeout) = clcf.map(|c| (c.send_lowat, c.send_timeout)).unwrap_or((0, 60000));
-        if (*wev).active() == 0 || (*wev).ready() != 0 {
-            ngx_add_timer(wev, send_timeout);
-        } else if (*wev).timer_set() == 0 {
+        if (*wev).ready() != 0 && (*wev).delayed() != 0 {
+            return;
+        }
+        let (lowat, send_timeout) = send_conf(r);
+        if (*wev).delayed() == 0 {
             ngx_add_timer(wev, send_timeout);
         }
         if ngx_handle_write_event(wev, lowat) != 0 {
@@ -400,10 +514,13 @@ unsafe fn arm_write(s: &mut LoopState) {
 
 fn abort(s: &mut LoopState) {
     s.aborted = true;
-    s.ex.cancel();
+    if let Work::Thread { ex, .. } = &s.work {
+        ex.cancel();
+    }
 }
 
-/// `r->write_event_handler` while output waits: flush, then take more events.
+/// `r->write_event_handler` while output waits, modelled on `ngx_http_writer`: flush, and
+/// once nginx holds nothing more, move the response on.
 extern "C" fn on_write(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this with the live request whose ctx we set.
     unsafe {
@@ -412,37 +529,58 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
             return;
         }
         let s = &mut *ls;
-        let wev = (*(*r).connection).write;
+        let c = (*r).connection;
+        let wev = (*c).write;
         if (*wev).timedout() != 0 {
             request_log(r).write_direct(NGX_LOG_INFO, "client timed out while sending wsgi response");
-            (*(*r).connection).set_timedout(1);
+            (*c).set_timedout(1);
             abort(s);
             s.waiting_write = false;
-            pump(ls);
+            resume(ls);
+            return;
+        }
+        let (lowat, send_timeout) = send_conf(&*r);
+        if (*wev).delayed() != 0 || (*r).aio() != 0 {
+            // limit_rate (or aio) holds the output: its own timer resumes it.
+            if (*wev).delayed() == 0 {
+                ngx_add_timer(wev, send_timeout);
+            }
+            if ngx_handle_write_event(wev, lowat) != 0 {
+                abort(s);
+                s.waiting_write = false;
+                resume(ls);
+            }
             return;
         }
         let rc = ngx_http_output_filter(r, ptr::null_mut());
-        if rc == NGX_ERROR as ngx_int_t {
+        if rc == NGX_ERROR as ngx_int_t || (*c).error() != 0 {
             abort(s);
             s.waiting_write = false;
-            pump(ls);
+            resume(ls);
             return;
         }
         if output_busy(r) {
-            arm_write(s);
+            if (*wev).delayed() == 0 {
+                ngx_add_timer(wev, send_timeout);
+            }
+            if ngx_handle_write_event(wev, lowat) != 0 {
+                abort(s);
+                s.waiting_write = false;
+                resume(ls);
+            }
             return;
         }
-        if (*wev).timer_set() != 0 {
+        if (*wev).timer_set() != 0 && (*wev).delayed() == 0 {
             ngx_del_timer(wev);
         }
         s.waiting_write = false;
         (*r).write_event_handler = Some(ngx_http_request_empty_handler);
         progress(s);
-        pump(ls);
+        resume(ls);
     }
 }
 
-/// The application finished: end the response and finalize the request.
+/// The response is over: end it and finalize the request.
 unsafe fn complete(ls: *mut LoopState, outcome: Outcome) {
     // SAFETY: the caller's contract; after finalizing, only `cleaned` decides who frees.
     unsafe {
@@ -457,6 +595,7 @@ unsafe fn complete(ls: *mut LoopState, outcome: Outcome) {
                 // What nginx could not send yet, its own writer sends after finalize.
                 Outcome::Complete { short } => output::finish(r, short),
                 Outcome::FailedEarly if !s.headers_sent => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+                Outcome::Refused if !s.headers_sent => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
                 _ => NGX_ERROR as ngx_int_t,
             }
         };
@@ -476,9 +615,11 @@ unsafe fn release(s: &mut LoopState) {
             ngx_del_timer(&mut s.timer);
         }
         s.finished = true;
-        s.ex.loop_state.store(ptr::null_mut(), Ordering::Release);
-        let main = &mut *(*s.r).main;
-        main.set_blocked(main.blocked().saturating_sub(1));
+        if let Work::Thread { ex, .. } = &s.work {
+            ex.loop_state.store(ptr::null_mut(), Ordering::Release);
+            let main = &mut *(*s.r).main;
+            main.set_blocked(main.blocked().saturating_sub(1));
+        }
         set_ctx(s.r, ptr::null_mut());
     }
 }
@@ -486,24 +627,27 @@ unsafe fn release(s: &mut LoopState) {
 /// `wsgi_timeout` expired: the client gets 504 (or a cut response), the application's
 /// thread gets an exception.
 extern "C" fn on_timeout(ev: *mut ngx_event_t) {
-    // SAFETY: the timer's data is its live loop state (the timer is removed before it goes).
+    // SAFETY: the timer is the first field of its live loop state (removed before the
+    // state is freed).
     unsafe {
-        let ls = (*ev).data as *mut LoopState;
+        let ls = ev as *mut LoopState;
         let s = &mut *ls;
         let r = s.r;
+        let Work::Thread { ex, .. } = &s.work else { return };
+        let ex = ex.clone();
         let secs = s.timeout as f64 / 1000.0;
         let message = format!(
             "wsgi app \"{}\" timed out after {secs}s while handling \"{}\"",
-            s.app_name, s.ex.what
+            s.app_name, ex.what
         );
         let answer = if s.headers_sent { "response cut" } else { "answered with 504" };
         request_log(r).write_direct(NGX_LOG_ERR, &format!("{message}, {answer}"));
-        s.ex.cancel();
+        ex.cancel();
         if let Some(pool) = crate::pool::get() {
-            pool.interrupt(s.ex.clone(), message);
+            pool.interrupt(ex.clone(), message);
         }
         crate::worker::request_done(None);
-        let rc = if s.headers_sent || s.cleaned {
+        let rc = if s.headers_sent || s.cleaned || s.aborted {
             NGX_ERROR as ngx_int_t
         } else {
             NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t
@@ -519,8 +663,9 @@ extern "C" fn on_timeout(ev: *mut ngx_event_t) {
     }
 }
 
-/// Request cleanup: frees the loop state once finished; if nginx ends the request first
-/// (client gone), cancels the application and leaves the freeing to the final step.
+/// Request cleanup: frees the loop state once finished. If nginx ends the request first
+/// (client gone): a thread's application is cancelled and the final step frees the state;
+/// a paused inline body is closed here and the state freed.
 extern "C" fn cleanup(data: *mut c_void) {
     let ls = data as *mut LoopState;
     // SAFETY: our loop state, live until freed here or in the final step.
@@ -528,10 +673,20 @@ extern "C" fn cleanup(data: *mut c_void) {
         let s = &mut *ls;
         if s.finished {
             drop(Box::from_raw(ls));
-        } else {
-            s.cleaned = true;
-            s.aborted = true;
-            s.ex.cancel();
+            return;
+        }
+        s.cleaned = true;
+        s.aborted = true;
+        match &mut s.work {
+            Work::Thread { ex, .. } => ex.cancel(),
+            Work::Inline { running, .. } => {
+                if let Some(run) = running.take() {
+                    Python::attach(|py| run.abandon(py));
+                }
+                crate::worker::request_done(None);
+                set_ctx(s.r, ptr::null_mut());
+                drop(Box::from_raw(ls));
+            }
         }
     }
 }

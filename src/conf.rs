@@ -99,11 +99,19 @@ pub struct LocConf {
     pub script_name_set: bool,
     /// `wsgi_timeout` in milliseconds (0: none).
     pub timeout_ms: Option<u64>,
+    /// `wsgi_max_header_size`: the most an application's status line and headers may take.
+    pub max_header_size: Option<usize>,
 }
+
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 
 impl LocConf {
     pub fn timeout_ms(&self) -> u64 {
         self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
+
+    pub fn max_header_size(&self) -> usize {
+        self.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE)
     }
 }
 
@@ -116,11 +124,14 @@ impl Merge for LocConf {
         if self.timeout_ms.is_none() {
             self.timeout_ms = prev.timeout_ms;
         }
+        if self.max_header_size.is_none() {
+            self.max_header_size = prev.max_header_size;
+        }
         Ok(())
     }
 }
 
-pub const COMMAND_COUNT: usize = 13;
+pub const COMMAND_COUNT: usize = 14;
 
 /// The directive table; `lib.rs` keeps it in a static for nginx.
 pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
@@ -177,6 +188,14 @@ pub const fn commands() -> [ngx_command_t; COMMAND_COUNT + 1] {
             name: ngx_string!("wsgi_timeout"),
             type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
             set: Some(set_timeout),
+            conf: NGX_HTTP_LOC_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("wsgi_max_header_size"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+            set: Some(set_max_header_size),
             conf: NGX_HTTP_LOC_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -556,6 +575,15 @@ extern "C" fn set_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *
     // SAFETY: nginx passes this module's location configuration.
     let lcf = unsafe { &mut *(conf as *mut LocConf) };
     set_once(cf, "wsgi_timeout", &mut lcf.timeout_ms, parse_time_ms)
+}
+
+extern "C" fn set_max_header_size(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    set_once(cf, "wsgi_max_header_size", &mut lcf.max_header_size, |v| match parse_size(v)? {
+        n if n >= 1024 && n <= (1 << 30) => Ok(n as usize),
+        _ => Err(format!("\"{v}\": between 1k and 1g")),
+    })
 }
 
 extern "C" fn set_max_requests(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {

@@ -33,10 +33,16 @@ pub fn cgi_header_name(name: &[u8]) -> String {
 }
 
 /// Request headers as CGI variables: repeats joined with ", " (Cookie with "; "), and
-/// Content-Type / Content-Length under their CGI names (never as HTTP_*).
+/// Content-Type / Content-Length under their CGI names (never as HTTP_*). Names with an
+/// underscore (nginx passes them with `underscores_in_headers on`) are dropped, as gunicorn
+/// does: `X_A` would become the same `HTTP_X_A` as `X-A`, so a client could forge a header
+/// that a proxy in front of nginx set.
 pub fn cgi_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(headers.len());
     for (name, value) in headers {
+        if name.contains(&b'_') {
+            continue;
+        }
         let key = if name.eq_ignore_ascii_case(b"content-type") {
             "CONTENT_TYPE".to_string()
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -63,9 +69,9 @@ pub fn split_script_name<'a>(uri: &'a [u8], script_name: Option<&'a str>) -> (&'
             if uri.starts_with(sn) && (uri.len() == sn.len() || uri[sn.len()] == b'/') {
                 (sn, &uri[sn.len()..])
             } else {
-                // The location matched a URI outside the mount point: keep the whole URI in
-                // PATH_INFO so the application still sees what was asked.
-                (sn, uri)
+                // The location matched a URI outside the mount point (`/shopping` under
+                // `/shop`): no mount, so that SCRIPT_NAME + PATH_INFO is still the path.
+                (b"", uri)
             }
         }
         _ => (b"", uri),
@@ -186,10 +192,16 @@ mod tests {
     }
 
     #[test]
+    fn underscore_names_are_dropped() {
+        let h = vec![(b"X-A".to_vec(), b"good".to_vec()), (b"X_A".to_vec(), b"evil".to_vec())];
+        assert_eq!(cgi_headers(&h), vec![("HTTP_X_A".to_string(), b"good".to_vec())]);
+    }
+
+    #[test]
     fn mount_points() {
         assert_eq!(split_script_name(b"/shop/cart", Some("/shop")), (&b"/shop"[..], &b"/cart"[..]));
         assert_eq!(split_script_name(b"/shop", Some("/shop")), (&b"/shop"[..], &b""[..]));
-        assert_eq!(split_script_name(b"/shopping", Some("/shop")), (&b"/shop"[..], &b"/shopping"[..]));
+        assert_eq!(split_script_name(b"/shopping", Some("/shop")), (&b""[..], &b"/shopping"[..]));
         assert_eq!(split_script_name(b"/x", None), (&b""[..], &b"/x"[..]));
         assert_eq!(split_script_name(b"/x", Some("")), (&b""[..], &b"/x"[..]));
     }

@@ -179,8 +179,8 @@ impl LogWrite for Arc<Exchange> {
 /// The `Sink` of an application running on a Python thread.
 pub struct ThreadSink {
     pub ex: Arc<Exchange>,
-    /// A HEAD request: the head goes out, the body does not.
-    pub head_request: bool,
+    /// A HEAD request or a header-only subrequest: the head goes out, the body does not.
+    pub no_body: bool,
 }
 
 impl Sink for ThreadSink {
@@ -188,7 +188,7 @@ impl Sink for ThreadSink {
         if self.ex.is_cancelled() {
             return Err(SinkError::Closed);
         }
-        let body = !self.head_request && !matches!(head.status, 100..=199 | 204 | 304);
+        let body = !self.no_body && !matches!(head.status, 100..=199 | 204 | 304);
         // The head waits for the first body piece or the end, whichever comes first.
         if let Err(ev) = self.ex.stage(Event::Head(head.clone())) {
             self.ex.push(ev);
@@ -206,6 +206,10 @@ impl Sink for ThreadSink {
         }
         self.ex.push(Event::Body(data.to_vec()));
         Ok(())
+    }
+
+    fn no_body(&self) -> bool {
+        self.no_body
     }
 
     fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {

@@ -3,7 +3,7 @@
 //! The request path has three steps, kept apart so the middle one can move to a Python
 //! thread: (1) on the event loop, after nginx has read the whole body, copy what Python
 //! needs out of the request (`RequestParts::capture`); (2) call the application
-//! (`wsgi::run`), which only sees owned data and a `Sink`; (3) on the event loop, end the
+//! (`wsgi::serve`), which only sees owned data and a `Sink`; (3) on the event loop, end the
 //! response and finalize the request. The handler returns `NGX_DONE`: the request stays
 //! alive (`ngx_http_read_client_request_body` took a reference) until step 3 finalizes it.
 
@@ -15,11 +15,13 @@ use ngx::http::HttpModuleLocationConf;
 use ngx::ngx_log_debug;
 use pyo3::prelude::*;
 
-use crate::interp;
+use std::sync::Arc;
+
+use crate::interp::{self, Worker};
 use crate::log::{Log, LogWrite};
 use crate::output::{self, NgxSink};
 use crate::request::RequestParts;
-use crate::wsgi::{self, Outcome};
+use crate::wsgi::{self, Outcome, Step};
 use crate::Module;
 
 /// `clcf->handler` of every location with `wsgi_app`.
@@ -37,80 +39,92 @@ pub extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 }
 
 /// Runs once the body has been read; finalizes the request exactly once (here, or later
-/// from the bridge when the application runs on a Python thread).
+/// from the bridge when the response continues on a Python thread or waits for the client).
 extern "C" fn body_read(r: *mut ngx_http_request_t) {
     let rc = if crate::pool::get().is_some() {
-        match dispatch(r) {
-            Some(rc) => rc,
-            None => return,
-        }
+        dispatch(r)
+    } else if crate::pool::threaded() && interp::worker().is_some() {
+        // SAFETY: the connection log of the live request.
+        let log = unsafe { Log::from_ptr((*(*r).connection).log) };
+        log.error("wsgi: no python threads in this worker (see the errors at worker start), request refused with 503");
+        Some(ngx::ffi::NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t)
     } else {
         serve(r)
     };
-    // SAFETY: the request is live until this call, which drops the body reader's reference.
-    unsafe { ngx_http_finalize_request(r, rc) };
+    if let Some(rc) = rc {
+        // SAFETY: the request is live until this call, which drops the body reader's reference.
+        unsafe { ngx_http_finalize_request(r, rc) };
+    }
+}
+
+/// What the module hands the application: the request, copied out, and the location's
+/// settings. `None` (500) when the location or the interpreter is not ready.
+fn prepare(r: *mut ngx_http_request_t) -> Option<(&'static Worker, usize, u64, RequestParts)> {
+    // SAFETY: a live request, on its event loop thread.
+    let req = unsafe { &mut *r };
+    let Some(worker) = interp::worker() else {
+        // SAFETY: the connection log of the live request.
+        let log = unsafe { Log::from_ptr((*req.connection).log) };
+        log.error("wsgi: python is not available in this worker (see the errors at worker start)");
+        return None;
+    };
+    let lcf = Module::location_conf(req)?;
+    let app = lcf.app?;
+    let timeout = lcf.timeout_ms();
+    // SAFETY: the body has been read (we are its post handler).
+    let parts = unsafe { RequestParts::capture(r) };
+    Some((worker, app, timeout, parts))
 }
 
 /// Threaded mode: copy the request out and queue it for a Python thread.
 fn dispatch(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
-    // SAFETY: a live request, on its event loop thread.
-    let req = unsafe { &mut *r };
-    let Some(worker) = interp::worker() else {
+    let Some((worker, app, timeout, parts)) = prepare(r) else {
         return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
-    let Some(lcf) = Module::location_conf(req) else {
-        return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-    };
-    let Some(app) = lcf.app else {
-        return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-    };
-    // SAFETY: the body has been read (we are its post handler).
-    let parts = unsafe { RequestParts::capture(r) };
     let what = format!(
         "{} {}",
         String::from_utf8_lossy(&parts.method),
         String::from_utf8_lossy(&parts.request_uri)
     );
-    let job = crate::pool::Job { ex: crate::exchange::Exchange::new(what), parts, app };
+    // SAFETY: a live request on its loop thread.
+    let no_body = unsafe { (*r).header_only() != 0 } || parts.method == b"HEAD";
+    let job = crate::pool::Job { ex: crate::exchange::Exchange::new(what), parts, app, no_body };
     // SAFETY: the post handler of a live request on its loop thread.
-    unsafe {
-        crate::bridge::dispatch(r, job, worker.apps[app].name.clone(), lcf.timeout_ms() as ngx::ffi::ngx_msec_t)
-    }
+    unsafe { crate::bridge::dispatch(r, job, &worker.apps[app].name, timeout as ngx::ffi::ngx_msec_t) }
 }
 
-fn serve(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: a live request, on its event loop thread, for the whole function.
-    let req = unsafe { &mut *r };
-    // SAFETY: the connection log lives as long as the request; `LogStream::detach` below
-    // moves `wsgi.errors` off it before the request ends.
-    let log = unsafe { Log::from_ptr((*req.connection).log) };
-    let Some(worker) = interp::worker() else {
-        log.error("wsgi: python is not available in this worker (see the errors at worker start)");
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    let Some(app_index) = Module::location_conf(req).and_then(|l| l.app) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+/// Inline mode: the application runs here, on the event loop; a body the client cannot take
+/// at once continues from write events (`bridge::park`).
+fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
+    let Some((worker, app_index, _, parts)) = prepare(r) else {
+        return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
     let app = &worker.apps[app_index];
-
-    // Step 1: everything Python needs, copied out of the request.
-    // SAFETY: the body has been read (we are its post handler).
-    let parts = unsafe { RequestParts::capture(r) };
-
-    // Step 2: the application.
-    // SAFETY: the sink is used on this thread only and dropped inside `serve`.
+    // SAFETY: the connection log lives as long as the request; `wsgi.errors` is moved off
+    // it when the response ends (`Running` detaches it).
+    let log = unsafe { Log::from_ptr((*(*r).connection).log) };
+    // SAFETY: the sink is used on this thread only, while the request lives: it is dropped
+    // when the response ends, here or in the bridge's loop state.
     let sink = Box::new(unsafe { NgxSink::new(r) });
     crate::stats::request_started(0);
     let t0 = std::time::Instant::now();
-    let outcome = Python::attach(|py| wsgi::serve(py, worker, app, parts, sink, std::sync::Arc::new(log)));
-    crate::worker::request_done(Some(t0.elapsed()));
-    ngx_log_debug!(log.as_ptr(), "wsgi app done: {:?}", outcome);
-
-    // Step 3: end the response.
-    match outcome {
-        // SAFETY: the header was sent by `run` for a complete response.
+    let (running, step) = Python::attach(|py| wsgi::serve(py, worker, app, parts, sink, Arc::new(log)));
+    let app_time = t0.elapsed();
+    ngx_log_debug!(log.as_ptr(), "wsgi app step: {:?}", step);
+    let outcome = match (step, running) {
+        (Step::Pause, Some(running)) => {
+            // SAFETY: the post handler of a live request whose header went out.
+            return unsafe { crate::bridge::park(r, running, &app.name, app_time) };
+        }
+        (Step::Done(outcome), _) => outcome,
+        (Step::Pause, None) => Outcome::FailedEarly,
+    };
+    crate::worker::request_done(Some(app_time));
+    Some(match outcome {
+        // SAFETY: the header was sent for a complete response.
         Outcome::Complete { short } => unsafe { output::finish(r, short) },
         Outcome::FailedEarly => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        Outcome::Refused => ngx::ffi::NGX_HTTP_BAD_GATEWAY as ngx_int_t,
         Outcome::FailedLate | Outcome::ClientGone => NGX_ERROR as ngx_int_t,
-    }
+    })
 }

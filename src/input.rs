@@ -187,13 +187,19 @@ impl WsgiInput {
     where
         T: Send,
     {
-        let mut r = self.reader.lock().map_err(|_| PyValueError::new_err("wsgi.input is unusable"))?;
-        let reader: &mut BodyReader = &mut r;
-        if reader.in_memory() {
-            return f(reader).map_err(io_err);
+        // The lock is never waited for, nor held, by a thread that has the interpreter while
+        // another may need the interpreter to let go of it: a body in memory is read at once
+        // under the interpreter; a spooled body (or a reader busy on another thread) is
+        // locked and read with the interpreter released, and unlocked before it is taken back.
+        if let Ok(mut reader) = self.reader.try_lock() {
+            if reader.in_memory() {
+                return f(&mut reader).map_err(io_err);
+            }
         }
-        // Reads of a spooled body touch the disk: let other Python threads run meanwhile.
-        py.detach(|| f(reader)).map_err(io_err)
+        py.detach(|| {
+            let mut reader = self.reader.lock().map_err(|_| PyValueError::new_err("wsgi.input is unusable"))?;
+            f(&mut reader).map_err(io_err)
+        })
     }
 }
 
@@ -249,8 +255,8 @@ impl WsgiInput {
 
     /// Bytes not yet read (an extension, handy for tests and frameworks that ask).
     #[getter]
-    fn remaining(&self) -> u64 {
-        self.reader.lock().map(|r| r.remaining()).unwrap_or(0)
+    fn remaining(&self, py: Python<'_>) -> u64 {
+        self.with(py, |r| Ok(r.remaining())).unwrap_or(0)
     }
 
     fn close(&self) {}

@@ -11,7 +11,7 @@
 
 use std::ffi::CString;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -26,8 +26,28 @@ const BOOTSTRAP: &str = include_str!("bootstrap.py");
 pub struct App {
     pub spec: AppSpec,
     pub name: String,
-    /// The callable, once imported.
-    pub callable: Mutex<Option<Py<PyAny>>>,
+    load: Mutex<Load>,
+    loaded: Condvar,
+}
+
+/// Where an application's import stands.
+#[derive(Default)]
+struct Load {
+    callable: Option<Py<PyAny>>,
+    /// The thread importing it now: others wait for its result instead of importing again.
+    importing: Option<std::thread::ThreadId>,
+    /// Imports attempted so far (a waiter sees whether the one it waited for failed).
+    attempts: u64,
+}
+
+impl App {
+    fn new(spec: &AppSpec) -> App {
+        App { spec: spec.clone(), name: spec.display(), load: Mutex::default(), loaded: Condvar::new() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Load> {
+        self.load.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct Worker {
@@ -122,24 +142,29 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
     }
     let started = Python::attach(|py| -> PyResult<Worker> {
         let sys = py.import("sys")?;
-        // sys.stderr / sys.stdout write into nginx's error log, with its prefix and level.
-        sys.setattr("stderr", Bound::new(py, LogStream::new(std::sync::Arc::new(Log::cycle()), NGX_LOG_ERR))?)?;
-        sys.setattr("stdout", Bound::new(py, LogStream::new(std::sync::Arc::new(Log::cycle()), NGX_LOG_NOTICE))?)?;
+        let code = CString::new(BOOTSTRAP).expect("bootstrap has no NUL");
+        let bootstrap = PyModule::from_code(py, &code, c"ngx_wsgi_bootstrap.py", c"_ngx_wsgi")?;
+        // sys.stderr / sys.stdout: text streams like the interpreter's own, writing into
+        // nginx's error log with its prefix and level.
+        for (name, level) in [("stderr", NGX_LOG_ERR), ("stdout", NGX_LOG_NOTICE)] {
+            let sink = Bound::new(py, LogStream::new(std::sync::Arc::new(Log::cycle()), level))?;
+            let stream = bootstrap.call_method1("log_stream", (sink,))?;
+            sys.setattr(name, &stream)?;
+            sys.setattr(format!("__{name}__").as_str(), &stream)?;
+        }
 
         let path = sys.getattr("path")?;
         for (i, dir) in mcf.python_path.iter().enumerate() {
             path.call_method1("insert", (i, dir.to_string_lossy().as_ref()))?;
         }
 
-        let code = CString::new(BOOTSTRAP).expect("bootstrap has no NUL");
-        let bootstrap = PyModule::from_code(py, &code, c"ngx_wsgi_bootstrap.py", c"_ngx_wsgi")?;
         let file_wrapper = py.get_type::<crate::wsgi::FileWrapper>();
         let base = crate::environ::base_environ(py, mcf.threads() > 0, true, file_wrapper.as_any())?;
 
         let apps = mcf
             .apps
             .iter()
-            .map(|spec| App { spec: spec.clone(), name: spec.display(), callable: Mutex::new(None) })
+            .map(App::new)
             .collect();
         Ok(Worker { apps, base_environ: base.unbind(), bootstrap: bootstrap.unbind() })
     });
@@ -182,12 +207,33 @@ impl Worker {
         }
     }
 
-    /// The application's callable, importing it if that has not succeeded yet.
+    /// The application's callable, importing it if that has not succeeded yet. One thread
+    /// imports at a time: the others wait (without the interpreter) for its result, and a
+    /// failed import answers their requests too, so a script never runs twice at once.
     pub fn load<'py>(&self, py: Python<'py>, app: &App, log: &dyn LogWrite) -> Option<Bound<'py, PyAny>> {
-        // The lock is never held while Python runs: an import releases the GIL now and then,
-        // and a thread waiting on this lock with the GIL held would deadlock with it.
-        if let Some(c) = app.callable.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            return Some(c.bind(py).clone());
+        // The lock is never held while Python runs, nor waited for with the interpreter held.
+        {
+            let mut st = app.state();
+            if let Some(c) = st.callable.as_ref() {
+                return Some(c.bind(py).clone());
+            }
+            let me = std::thread::current().id();
+            if st.importing == Some(me) {
+                // The application's own import asked for itself.
+                return None;
+            }
+            if st.importing.is_some() {
+                let attempt = st.attempts;
+                drop(st);
+                py.detach(|| {
+                    let mut st = app.state();
+                    while st.importing.is_some() && st.attempts == attempt {
+                        st = app.loaded.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                });
+                return app.state().callable.as_ref().map(|c| c.bind(py).clone());
+            }
+            st.importing = Some(me);
         }
         let bootstrap = self.bootstrap.bind(py);
         let loaded = match &app.spec.source {
@@ -199,17 +245,24 @@ impl Worker {
                 bootstrap.call_method1("load_module", (module.as_str(), app.spec.callable.as_str()))
             }
         };
-        match loaded {
+        let mut st = app.state();
+        st.importing = None;
+        st.attempts += 1;
+        let result = match loaded {
             Ok(callable) => {
-                *app.callable.lock().unwrap_or_else(|e| e.into_inner()) = Some(callable.clone().unbind());
+                st.callable = Some(callable.clone().unbind());
+                drop(st);
                 log.write(crate::log::NGX_LOG_INFO, &format!("wsgi app \"{}\" loaded", app.name));
                 Some(callable)
             }
             Err(e) => {
+                drop(st);
                 log.exception(py, &format!("wsgi app \"{}\" could not be loaded", app.name), &e);
                 None
             }
-        }
+        };
+        app.loaded.notify_all();
+        result
     }
 }
 

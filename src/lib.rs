@@ -90,6 +90,12 @@ extern "C" fn postconfiguration(_cf: *mut ngx::ffi::ngx_conf_t) -> ngx_int_t {
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the live cycle of this worker.
     let cycle = unsafe { &*cycle };
+    // SAFETY: nginx sets its process type before running init_process hooks; the cache
+    // manager and loader (helper processes) run these hooks too, but serve no requests.
+    let process = unsafe { ngx::ffi::ngx_process } as u32;
+    if process != ngx::ffi::NGX_PROCESS_WORKER && process != ngx::ffi::NGX_PROCESS_SINGLE {
+        return ngx::core::Status::NGX_OK.into();
+    }
     let Some(mcf) = Module::main_conf(cycle) else {
         return ngx::core::Status::NGX_OK.into();
     };
@@ -103,15 +109,20 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // The module is loaded but no location names an application: no interpreter.
         return ngx::core::Status::NGX_OK.into();
     }
+    // The bridge also carries log lines of threads an application starts in inline mode.
+    // SAFETY: init_process runs once, on the worker's event loop thread.
+    let bridged = unsafe { bridge::start(cycle as *const ngx_cycle_t as *mut ngx_cycle_t) };
+    // SAFETY: the cycle log outlives the worker.
+    let cycle_log = unsafe { log::Log::from_ptr(cycle.log) };
+    if let Err(e) = &bridged {
+        cycle_log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: wake-up channel not started: {e}"));
+    }
     interp::start_worker(mcf, cycle.log);
     if mcf.threads() > 0 && interp::worker().is_some() {
-        // SAFETY: init_process runs once, on the worker's event loop thread.
-        let started = unsafe { bridge::start(cycle as *const ngx_cycle_t as *mut ngx_cycle_t) }
-            .and_then(|()| pool::start(mcf.threads(), mcf.queue()).map_err(|e| e.to_string()));
+        pool::mark_threaded();
+        let started = bridged.and_then(|()| pool::start(mcf.threads(), mcf.queue()).map_err(|e| e.to_string()));
         if let Err(e) = started {
-            // SAFETY: the cycle log outlives the worker.
-            let log = unsafe { log::Log::from_ptr(cycle.log) };
-            log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: python threads not started: {e}"));
+            cycle_log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: python threads not started: {e}"));
         }
     }
     worker::update_rss();

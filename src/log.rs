@@ -22,7 +22,8 @@ const MAX_ENTRY: usize = 1800;
 pub struct Log(*mut ngx_log_t);
 
 // SAFETY: a `Log` is only dereferenced on the event loop thread: `LogWrite::write` hands
-// messages from other threads to the bridge, which writes them on the loop.
+// messages from other threads to the bridge, which writes them on the loop (without a
+// bridge, they go to fd 2 as plain lines, never through nginx's log from another thread).
 unsafe impl Send for Log {}
 unsafe impl Sync for Log {}
 
@@ -59,10 +60,21 @@ pub trait LogWrite: Send + Sync {
 
 impl LogWrite for Log {
     fn write(&self, level: u32, msg: &str) {
-        if on_loop_thread() || !crate::bridge::log_later(level, msg) {
+        if on_loop_thread() {
             self.write_direct(level, msg);
+        } else if !crate::bridge::log_later(level, msg) {
+            write_stderr(msg);
         }
     }
+}
+
+/// Last resort off the loop thread: the text as lines on fd 2 (nginx's error log in a
+/// worker), without nginx's prefix.
+fn write_stderr(msg: &str) {
+    use std::io::Write;
+    let mut text = msg.trim_end_matches(['\r', '\n']).to_string();
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 impl Log {
@@ -194,6 +206,19 @@ impl LogStream {
             self.emit(&complete);
         }
         Ok(n)
+    }
+
+    /// The bytes side (`sys.stderr.buffer` ends here): decoded as UTF-8, kept until a newline.
+    fn write_bytes(&self, data: &[u8]) -> usize {
+        let text = String::from_utf8_lossy(data);
+        let mut pending = self.pending();
+        pending.push_str(&text);
+        if let Some(i) = pending.rfind('\n') {
+            let complete: String = pending.drain(..=i).collect();
+            drop(pending);
+            self.emit(&complete);
+        }
+        data.len()
     }
 
     fn writelines(&self, lines: &Bound<'_, PyAny>) -> PyResult<()> {

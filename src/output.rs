@@ -11,7 +11,7 @@ use core::ptr;
 use ngx::ffi::{
     ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_palloc, ngx_pfree,
-    ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
+    ngx_parse_http_time, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 
 use crate::response::{ResponseHead, Sink, SinkError};
@@ -101,8 +101,164 @@ impl NgxSink {
     }
 }
 
-fn is_header(name: &[u8], want: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(want)
+/// True while nginx holds output of the main request it could not send yet (the test of
+/// `ngx_http_writer`). Subrequests are never held back: their output may wait in the
+/// postpone filter for its turn, which only the parent's progress brings.
+///
+/// # Safety
+/// `r` is a live request, on its event loop thread.
+pub unsafe fn output_busy(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: reading flags of a live request and its connection.
+    unsafe {
+        let r = &*r;
+        if r.main != r as *const _ as *mut _ {
+            return false;
+        }
+        !r.out.is_null() || r.buffered() != 0 || !r.postponed.is_null() || (*r.connection).buffered() != 0
+    }
+}
+
+/// Where an application's response header goes besides the list: the `headers_out` field
+/// nginx's filters read (as the upstream module's header handlers do for `proxy_pass`).
+enum Field {
+    Server,
+    Date,
+    Etag,
+    Location,
+    Refresh,
+    Expires,
+    ContentRange,
+    AcceptRanges,
+    ContentEncoding,
+    LastModified,
+    WwwAuthenticate,
+    CacheControl,
+    Link,
+    None,
+}
+
+fn field_of(name: &[u8]) -> Field {
+    const FIELDS: &[(&[u8], fn() -> Field)] = &[
+        (b"server", || Field::Server),
+        (b"date", || Field::Date),
+        (b"etag", || Field::Etag),
+        (b"location", || Field::Location),
+        (b"refresh", || Field::Refresh),
+        (b"expires", || Field::Expires),
+        (b"content-range", || Field::ContentRange),
+        (b"accept-ranges", || Field::AcceptRanges),
+        (b"content-encoding", || Field::ContentEncoding),
+        (b"last-modified", || Field::LastModified),
+        (b"www-authenticate", || Field::WwwAuthenticate),
+        (b"cache-control", || Field::CacheControl),
+        (b"link", || Field::Link),
+    ];
+    FIELDS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, f)| f()).unwrap_or(Field::None)
+}
+
+/// `type/subtype; charset=x` -> (length of the part before `;`, the charset), as
+/// `ngx_http_upstream_copy_content_type` splits it.
+pub fn split_charset(ct: &[u8]) -> Option<(usize, core::ops::Range<usize>)> {
+    let mut i = 0;
+    while let Some(semi) = ct[i..].iter().position(|&b| b == b';').map(|p| p + i) {
+        let mut p = semi + 1;
+        while ct.get(p) == Some(&b' ') {
+            p += 1;
+        }
+        if ct.len() >= p + 8 && ct[p..p + 8].eq_ignore_ascii_case(b"charset=") {
+            let mut start = p + 8;
+            let mut end = ct.len();
+            if ct.get(start) == Some(&b'"') {
+                start += 1;
+            }
+            if end > start && ct[end - 1] == b'"' {
+                end -= 1;
+            }
+            return Some((semi, start..end));
+        }
+        i = semi + 1;
+    }
+    None
+}
+
+impl NgxSink {
+    /// Links `h` (a fresh element of `headers_out.headers`) from its `headers_out` field.
+    ///
+    /// # Safety
+    /// `h` is a live element of the request's header list.
+    unsafe fn link(&self, h: *mut ngx_table_elt_t, name: &[u8]) {
+        // SAFETY: constructor contract for `r`; the caller's for `h`.
+        unsafe {
+            let r = &mut *self.r;
+            let ho = &mut r.headers_out;
+            let single = match field_of(name) {
+                Field::Server => &mut ho.server,
+                Field::Date => &mut ho.date,
+                Field::Etag => &mut ho.etag,
+                // A relative Location is not linked, as the upstream module does not: the
+                // header filter would make it absolute.
+                Field::Location if (*h).value.len > 0 && *(*h).value.data == b'/' => return,
+                Field::Location => &mut ho.location,
+                Field::Refresh => &mut ho.refresh,
+                Field::Expires => &mut ho.expires,
+                Field::ContentRange => &mut ho.content_range,
+                Field::AcceptRanges => &mut ho.accept_ranges,
+                Field::ContentEncoding => &mut ho.content_encoding,
+                Field::LastModified => {
+                    ho.last_modified_time = ngx_parse_http_time((*h).value.data, (*h).value.len);
+                    &mut ho.last_modified
+                }
+                #[cfg(nginx1_23_0)]
+                Field::WwwAuthenticate => return self.link_multi(&raw mut ho.www_authenticate, h),
+                #[cfg(not(nginx1_23_0))]
+                Field::WwwAuthenticate => &mut ho.www_authenticate,
+                Field::CacheControl => return self.link_multi(&raw mut ho.cache_control, h),
+                Field::Link => return self.link_multi(&raw mut ho.link, h),
+                Field::None => return,
+            };
+            if single.is_null() {
+                *single = h;
+            }
+        }
+    }
+
+    /// Appends `h` to a header that may repeat (1.23+: a list through `next`).
+    #[cfg(nginx1_23_0)]
+    unsafe fn link_multi(&self, head: *mut *mut ngx_table_elt_t, h: *mut ngx_table_elt_t) {
+        // SAFETY: `head` is a field of the live request's `headers_out`, `h` a live element.
+        unsafe {
+            let mut ph = head;
+            while !(*ph).is_null() {
+                ph = &raw mut (**ph).next;
+            }
+            *ph = h;
+        }
+    }
+
+    /// Appends `h` to a header that may repeat (1.22: an array of element pointers).
+    #[cfg(not(nginx1_23_0))]
+    unsafe fn link_multi(&self, a: *mut ngx::ffi::ngx_array_t, h: *mut ngx_table_elt_t) {
+        // SAFETY: `a` is a field of the live request's `headers_out`; an array nobody used
+        // yet is all zero and is set up here as `ngx_array_init` would.
+        unsafe {
+            let a = &mut *a;
+            if a.elts.is_null() {
+                let elts = ngx_palloc((*self.r).pool, core::mem::size_of::<*mut ngx_table_elt_t>());
+                if elts.is_null() {
+                    return;
+                }
+                a.elts = elts;
+                a.nelts = 0;
+                a.size = core::mem::size_of::<*mut ngx_table_elt_t>();
+                a.nalloc = 1;
+                a.pool = (*self.r).pool;
+            }
+            let slot = ngx::ffi::ngx_array_push(a) as *mut *mut ngx_table_elt_t;
+            if !slot.is_null() {
+                *slot = h;
+            }
+        }
+    }
 }
 
 impl Sink for NgxSink {
@@ -111,16 +267,31 @@ impl Sink for NgxSink {
         let r = unsafe { &mut *self.r };
         r.headers_out.status = head.status as usize;
         r.headers_out.status_line = self.pool_str(&head.status_line).ok_or(SinkError::Closed)?;
-        if matches!(head.status, 100..=199 | 204 | 304) {
+        // The application answered conditional requests itself (or chose not to): nginx must
+        // not turn its 200 into a 412 or 304 afterwards, as for uncached `proxy_pass`.
+        r.set_disable_not_modified(1);
+        let no_content = matches!(head.status, 100..=199 | 204);
+        if no_content || head.status == 304 {
             // With our own status line the header filter skips its 204/304 handling.
             r.set_header_only(1);
         }
         if let Some(ct) = &head.content_type {
             let s = self.pool_str(ct).ok_or(SinkError::Closed)?;
-            r.headers_out.content_type_len = s.len;
             r.headers_out.content_type = s;
+            r.headers_out.content_type_len = s.len;
+            r.headers_out.content_type_lowcase = ptr::null_mut();
+            if let Some((len, charset)) = split_charset(ct) {
+                r.headers_out.content_type_len = len;
+                // SAFETY: the range lies inside the pool copy of `ct`.
+                r.headers_out.charset =
+                    ngx_str_t { len: charset.len(), data: unsafe { s.data.add(charset.start) } };
+            }
         }
-        r.headers_out.content_length_n = head.content_length.map(|n| n as i64).unwrap_or(-1) as _;
+        // RFC 9110 8.6: never a Content-Length on 1xx and 204.
+        r.headers_out.content_length_n = match head.content_length {
+            Some(n) if !no_content => n as _,
+            _ => -1,
+        };
         for (name, value) in &head.headers {
             let key = self.pool_str(name).ok_or(SinkError::Closed)?;
             let val = self.pool_str(value).ok_or(SinkError::Closed)?;
@@ -141,12 +312,7 @@ impl Sink for NgxSink {
                 {
                     (*h).next = ptr::null_mut();
                 }
-            }
-            // An application's own Date or Server replaces nginx's, instead of doubling it.
-            if is_header(name, b"date") {
-                r.headers_out.date = h;
-            } else if is_header(name, b"server") {
-                r.headers_out.server = h;
+                self.link(h, name);
             }
         }
         if head.close {
@@ -158,6 +324,17 @@ impl Sink for NgxSink {
             return Err(SinkError::Closed);
         }
         Ok(r.header_only() == 0)
+    }
+
+    fn paused(&self) -> bool {
+        // SAFETY: constructor contract.
+        unsafe { output_busy(self.r) }
+    }
+
+    fn no_body(&self) -> bool {
+        // SAFETY: constructor contract.
+        let r = unsafe { &*self.r };
+        r.header_only() != 0 || r.method == ngx::ffi::NGX_HTTP_HEAD as ngx_uint_t
     }
 
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError> {

@@ -21,6 +21,8 @@ pub struct Job {
     pub ex: Arc<Exchange>,
     pub parts: RequestParts,
     pub app: usize,
+    /// The response has no body whatever its status (HEAD, a header-only subrequest).
+    pub no_body: bool,
 }
 
 /// A request past its timeout: log its stack, raise in its thread.
@@ -50,9 +52,16 @@ pub struct Pool {
 }
 
 static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+static THREADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn get() -> Option<&'static Arc<Pool>> {
     POOL.get()
+}
+
+/// The configuration asks for Python threads (`wsgi_threads` > 0), whether or not they
+/// started.
+pub fn threaded() -> bool {
+    THREADED.load(Ordering::Relaxed)
 }
 
 impl Pool {
@@ -147,6 +156,11 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Starts `threads` application threads and the watchdog.
+/// Records that the configuration asks for Python threads (before they start, or fail to).
+pub fn mark_threaded() {
+    THREADED.store(true, Ordering::Relaxed);
+}
+
 pub fn start(threads: usize, capacity: usize) -> std::io::Result<()> {
     with_signals_blocked(|| spawn_all(threads, capacity))
 }
@@ -162,21 +176,42 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
         busy: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
     });
-    let _ = POOL.set(pool.clone());
-    for i in 0..threads {
+    // Published only once every thread runs: requests never wait for threads that failed to
+    // start (the handler answers 503 without a pool).
+    let spawned = (|| -> std::io::Result<()> {
+        for i in 0..threads {
+            let p = pool.clone();
+            pool.running.fetch_add(1, Ordering::AcqRel);
+            let started = std::thread::Builder::new().name(format!("wsgi-{i}")).spawn(move || {
+                Python::attach(|py| app_thread(py, &p));
+                p.exit();
+            });
+            if let Err(e) = started {
+                pool.running.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        }
         let p = pool.clone();
         pool.running.fetch_add(1, Ordering::AcqRel);
-        std::thread::Builder::new().name(format!("wsgi-{i}")).spawn(move || {
-            Python::attach(|py| app_thread(py, &p));
+        let started = std::thread::Builder::new().name("wsgi-watchdog".into()).spawn(move || {
+            Python::attach(|py| watchdog_thread(py, &p));
             p.exit();
-        })?;
+        });
+        if let Err(e) = started {
+            pool.running.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        Ok(())
+    })();
+    if let Err(e) = spawned {
+        let mut q = pool.lock();
+        q.shutdown = true;
+        pool.work.notify_all();
+        pool.watchdog.notify_all();
+        drop(q);
+        return Err(e);
     }
-    let p = pool.clone();
-    pool.running.fetch_add(1, Ordering::AcqRel);
-    std::thread::Builder::new().name("wsgi-watchdog".into()).spawn(move || {
-        Python::attach(|py| watchdog_thread(py, &p));
-        p.exit();
-    })?;
+    let _ = POOL.set(pool);
     Ok(())
 }
 
@@ -229,16 +264,15 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
 }
 
 fn run_job(py: Python<'_>, job: Job) -> Outcome {
-    let Job { ex, parts, app } = job;
+    let Job { ex, parts, app, no_body } = job;
     if ex.is_cancelled() {
         return Outcome::ClientGone;
     }
     let Some(worker) = crate::interp::worker() else {
         return Outcome::FailedEarly;
     };
-    let head_request = parts.method == b"HEAD";
-    let sink = Box::new(ThreadSink { ex: ex.clone(), head_request });
-    wsgi::serve(py, worker, &worker.apps[app], parts, sink, Arc::new(ex))
+    let sink = Box::new(ThreadSink { ex: ex.clone(), no_body });
+    wsgi::serve_to_end(py, worker, &worker.apps[app], parts, sink, Arc::new(ex))
 }
 
 fn watchdog_thread(py: Python<'_>, pool: &Pool) {

@@ -41,6 +41,8 @@ pub struct RequestParts {
     pub body: Vec<BodySegment>,
     pub body_len: u64,
     pub script_name: Option<String>,
+    /// `wsgi_max_header_size` of the location.
+    pub max_header_size: usize,
 }
 
 fn bytes_of(s: &ngx_str_t) -> Vec<u8> {
@@ -88,6 +90,12 @@ impl RequestParts {
             for h in elts {
                 if h.hash == 0 {
                     // Entries nginx has deleted.
+                    continue;
+                }
+                if bytes_of(&h.key).eq_ignore_ascii_case(b"transfer-encoding") {
+                    // nginx has removed the transfer coding: the application gets the
+                    // decoded body and its length in CONTENT_LENGTH, nothing that describes
+                    // the framing nginx consumed.
                     continue;
                 }
                 parts.headers.push((bytes_of(&h.key), bytes_of(&h.value)));
@@ -164,6 +172,9 @@ impl RequestParts {
         if let Some(lcf) = Module::location_conf(r) {
             let lcf: &LocConf = lcf;
             parts.script_name = lcf.script_name.clone();
+            parts.max_header_size = lcf.max_header_size();
+        } else {
+            parts.max_header_size = crate::conf::DEFAULT_MAX_HEADER_SIZE;
         }
         parts
     }

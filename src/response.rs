@@ -6,12 +6,16 @@
 //! an exception in the application, which ends as a 500 with the reason in the error log.
 //! Nothing invalid is ever forwarded.
 //!
-//! Ownership: a `Responder` is shared (`Rc<RefCell<..>>`) between the driver in `wsgi.rs`,
-//! the `start_response` callable and the `write` callable; all three live on the thread that
-//! runs the application, for the duration of one request.
+//! Ownership: a `Responder` belongs to the driver in `wsgi.rs`, on the thread that runs the
+//! application. The `start_response` and `write` callables the application gets hold only the
+//! request's id: while the driver runs the application it publishes the responder for that id
+//! in a thread-local (`Active`), and the callables find it there. So they may be kept, freed
+//! by the garbage collector or called on any thread, at any time: outside their request's own
+//! run they raise `RuntimeError`, they never reach a responder that is gone.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -31,6 +35,17 @@ pub struct ResponseHead {
     pub close: bool,
 }
 
+impl ResponseHead {
+    /// Bytes the status line and headers take on the wire (HTTP/1.1 framing).
+    pub fn wire_size(&self) -> usize {
+        let mut n = 9 + self.status_line.len() + 2;
+        if let Some(ct) = &self.content_type {
+            n += 14 + ct.len() + 2;
+        }
+        n + self.headers.iter().map(|(k, v)| k.len() + 2 + v.len() + 2).sum::<usize>()
+    }
+}
+
 /// Why the response could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {
@@ -46,6 +61,15 @@ pub trait Sink {
     fn start(&mut self, head: &ResponseHead) -> Result<bool, SinkError>;
     /// Sends (and flushes) a piece of the body.
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError>;
+    /// True while the client is the slow side: the driver stops pulling the body until the
+    /// sink has drained (only a sink on the event loop says so; a thread's sink waits).
+    fn paused(&self) -> bool {
+        false
+    }
+    /// The request wants no body whatever the status (HEAD, a header-only subrequest).
+    fn no_body(&self) -> bool {
+        false
+    }
     /// Sends a piece of a body whose next piece is already at hand (a list): the sink may
     /// hold it until the next piece or the end, to hand the response over at once.
     fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
@@ -152,11 +176,18 @@ pub struct Responder {
     /// Bytes the application produced beyond its Content-Length (cut, not sent).
     pub excess: u64,
     pub client_gone: bool,
+    /// The body is over (the iterable is exhausted or failed, `close()` runs): `write()`
+    /// raises from here on.
+    pub ended: bool,
+    /// `wsgi_max_header_size`: a head larger than this is refused (502).
+    pub max_header: usize,
+    /// Why the head was refused (too big), for the log.
+    pub refused: Option<String>,
     pub sink: Box<dyn Sink>,
 }
 
 impl Responder {
-    pub fn new(sink: Box<dyn Sink>) -> Responder {
+    pub fn new(sink: Box<dyn Sink>, max_header: usize) -> Responder {
         Responder {
             head: None,
             headers_sent: false,
@@ -164,6 +195,9 @@ impl Responder {
             bytes_sent: 0,
             excess: 0,
             client_gone: false,
+            ended: false,
+            max_header,
+            refused: None,
             sink,
         }
     }
@@ -178,6 +212,16 @@ impl Responder {
                 "the application produced a response before calling start_response()",
             ));
         };
+        let size = head.wire_size();
+        if size > self.max_header {
+            let msg = format!(
+                "sent too big response headers ({size} bytes in {} headers, wsgi_max_header_size is {})",
+                head.headers.len(),
+                self.max_header
+            );
+            self.refused = Some(msg.clone());
+            return Err(PyRuntimeError::new_err(msg));
+        }
         self.headers_sent = true;
         match self.sink.start(head) {
             Ok(body) => {
@@ -238,16 +282,57 @@ pub fn client_gone() -> PyErr {
     PyOSError::new_err("client disconnected")
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The request whose application this thread is running now, and its responder.
+    static ACTIVE: RefCell<Option<(u64, Rc<RefCell<Responder>>)>> = const { RefCell::new(None) };
+}
+
+/// A fresh id for one request's callables.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Publishes `responder` as request `id`'s for as long as the guard lives (the application
+/// call, or one resumption of its body).
+pub struct Active {
+    prev: Option<(u64, Rc<RefCell<Responder>>)>,
+}
+
+impl Active {
+    pub fn enter(id: u64, responder: &Rc<RefCell<Responder>>) -> Active {
+        let prev = ACTIVE.with(|a| a.borrow_mut().replace((id, responder.clone())));
+        Active { prev }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        ACTIVE.with(|a| *a.borrow_mut() = prev);
+    }
+}
+
+fn active(id: u64, what: &str) -> PyResult<Rc<RefCell<Responder>>> {
+    ACTIVE.with(|a| match a.borrow().as_ref() {
+        Some((current, r)) if *current == id => Ok(r.clone()),
+        _ => Err(PyRuntimeError::new_err(format!(
+            "{what} called after its response ended, or on a thread other than the one running the application"
+        ))),
+    })
+}
+
 /// The `start_response` callable handed to the application.
-#[pyclass(module = "ngx_wsgi", name = "StartResponse", unsendable)]
+#[pyclass(module = "ngx_wsgi", name = "StartResponse", frozen)]
 pub struct StartResponse {
-    pub responder: Rc<RefCell<Responder>>,
+    pub id: u64,
 }
 
 /// The `write` callable that `start_response` returns.
-#[pyclass(module = "ngx_wsgi", name = "Write", unsendable)]
+#[pyclass(module = "ngx_wsgi", name = "Write", frozen)]
 pub struct Write {
-    responder: Rc<RefCell<Responder>>,
+    id: u64,
 }
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
@@ -299,8 +384,9 @@ impl StartResponse {
         exc_info: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Write> {
         let exc_info = exc_info.filter(|e| !e.is_none());
+        let responder = active(self.id, "start_response()")?;
         {
-            let r = self.responder.borrow();
+            let r = responder.borrow();
             if let Some(exc_info) = exc_info {
                 if r.headers_sent {
                     // Too late to replace the response: re-raise the application's error.
@@ -325,9 +411,9 @@ impl StartResponse {
         let code = parse_status(&status_line).map_err(PyValueError::new_err)?;
         let headers = header_list(headers)?;
         let head = build_head(code, status_line, headers).map_err(PyValueError::new_err)?;
-        self.responder.borrow_mut().head = Some(head);
+        responder.borrow_mut().head = Some(head);
         let _ = py;
-        Ok(Write { responder: self.responder.clone() })
+        Ok(Write { id: self.id })
     }
 }
 
@@ -337,7 +423,12 @@ impl Write {
         let Ok(bytes) = data.cast::<PyBytes>() else {
             return Err(PyTypeError::new_err(format!("write() argument must be bytes, not {}", type_name(data))));
         };
-        self.responder.borrow_mut().send_body(bytes.as_bytes())
+        let responder = active(self.id, "write()")?;
+        let mut r = responder.borrow_mut();
+        if r.ended {
+            return Err(PyRuntimeError::new_err("write() called after the response body ended (from close()?)"));
+        }
+        r.send_body(bytes.as_bytes())
     }
 }
 

@@ -115,7 +115,9 @@ pub unsafe fn start(cycle: &ngx_cycle_t, mcf: &MainConf) {
         let ev = &raw mut HOUSEKEEPING;
         (*ev).handler = Some(housekeeping);
         (*ev).log = cycle.log;
-        (*ev).data = ptr::null_mut();
+        // nginx's debug logging reads a timer's `data` as a connection; its own standalone
+        // timers point it at the cycle, which starts the same way.
+        (*ev).data = cycle as *const ngx_cycle_t as *mut c_void;
         (*ev).set_cancelable(1);
         ngx_add_timer(ev, HOUSEKEEPING_MS as _);
     }
@@ -156,12 +158,17 @@ extern "C" fn housekeeping(ev: *mut ngx_event_t) {
     }
 }
 
+/// Requests this worker has finished (kept here, not only on the status board: recycling
+/// must work whether or not the worker got a board slot).
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A request of this worker ended.
 pub fn request_done(app_time: Option<Duration>) {
     let (busy, queue) = crate::pool::get()
         .map(|p| (p.busy.load(std::sync::atomic::Ordering::Relaxed), p.waiting()))
         .unwrap_or((0, 0));
-    let served = stats::request_done(app_time, busy, queue);
+    stats::request_done(app_time, busy, queue);
+    let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     if let Some(max) = LIMITS.get().and_then(|l| l.max_requests) {
         if served >= max {
             recycle(&format!("it served {served} requests (wsgi_max_requests)"));
@@ -186,6 +193,7 @@ fn recycle(reason: &str) {
         let ev = &raw mut DRAIN_TIMER;
         (*ev).handler = Some(quit);
         (*ev).log = log.as_ptr();
+        (*ev).data = ngx::ffi::ngx_cycle as *mut c_void;
         (*ev).set_cancelable(1);
         ngx_add_timer(ev, DRAIN_MS as _);
     }

@@ -1,8 +1,11 @@
 //! Calls a WSGI application and drives its response (safe code only).
 //!
-//! `run` is the whole Python side of a request: environ in, `Outcome` out, the response
-//! going to a `Sink` as it is produced. It neither knows nor cares which thread it is on, so
-//! the same code runs on the event loop or on a Python thread.
+//! `start` calls the application (environ in, a `Running` response out) and `Running::resume`
+//! pulls its body into a `Sink` until the body ends (`Step::Done` with the `Outcome`) or the
+//! sink asks for a pause (`Step::Pause`: the client is the slow side; the event loop resumes
+//! it when the connection drains). Neither knows which thread it is on: a Python thread runs a
+//! request to its end at once (its sink waits instead of pausing), the event loop (inline
+//! mode, `wsgi_threads 0`) resumes it from write events.
 //!
 //! PEP 3333 rules kept here: headers go out with the first non-empty body piece (or at the
 //! end); an iterable's `close()` is always called, also after errors and disconnects; body
@@ -10,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -19,7 +23,7 @@ use crate::input::WsgiInput;
 use crate::interp::{App, Worker};
 use crate::log::{LogStream, LogWrite, NGX_LOG_ERR};
 use crate::request::RequestParts;
-use crate::response::{Responder, Sink, StartResponse};
+use crate::response::{Active, Responder, Sink, StartResponse};
 
 /// How a request ended, for the caller that finalizes it in nginx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,16 @@ pub enum Outcome {
     FailedLate,
     /// The client went away.
     ClientGone,
+    /// The application's response was refused (headers too big): answer 502.
+    Refused,
+}
+
+/// What `Running::resume` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The sink is full: resume when it has drained.
+    Pause,
+    Done(Outcome),
 }
 
 /// `wsgi.file_wrapper`: iterates a file-like object in blocks and closes it.
@@ -75,18 +89,19 @@ fn type_name(o: &Bound<'_, PyAny>) -> String {
     o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
-/// The whole Python side of one request: the application (imported if need be), its
-/// environ with `wsgi.input` and `wsgi.errors`, the call and the response into `sink`.
+/// The whole Python side of one request, up to its first `Step`: the application (imported
+/// if need be), its environ with `wsgi.input` and `wsgi.errors`, the call, and as much of the
+/// body as the sink takes.
 pub fn serve(
     py: Python<'_>,
-    worker: &Worker,
-    app: &App,
+    worker: &'static Worker,
+    app: &'static App,
     mut parts: RequestParts,
     sink: Box<dyn Sink>,
-    log: std::sync::Arc<dyn LogWrite>,
-) -> Outcome {
+    log: Arc<dyn LogWrite>,
+) -> (Option<Running>, Step) {
     let Some(callable) = worker.load(py, app, log.as_ref()) else {
-        return Outcome::FailedEarly;
+        return (None, Step::Done(Outcome::FailedEarly));
     };
     let body = std::mem::take(&mut parts.body);
     let prepared = (|| -> PyResult<(Bound<'_, PyDict>, Bound<'_, LogStream>)> {
@@ -105,101 +120,260 @@ pub fn serve(
         Ok(p) => p,
         Err(e) => {
             log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
-            return Outcome::FailedEarly;
+            return (None, Step::Done(Outcome::FailedEarly));
         }
     };
-    let outcome = run(py, &callable, environ, sink, log.as_ref(), &app.name);
-    // An application that keeps wsgi.errors past the request writes to the worker's log.
-    errors.borrow().detach();
-    outcome
+    let responder = Rc::new(RefCell::new(Responder::new(sink, parts.max_header_size)));
+    let mut running = Running {
+        id: crate::response::next_id(),
+        responder,
+        result: None,
+        body: Body::Done,
+        name: &app.name,
+        log,
+        errors: Some(errors.unbind()),
+    };
+    let step = running.call(py, &callable, environ);
+    match step {
+        Step::Pause => (Some(running), step),
+        Step::Done(_) => (None, step),
+    }
 }
 
-/// Calls `app(environ, start_response)` and sends its response through `sink`.
-/// `log` receives tracebacks; `name` names the application in messages.
-pub fn run(py: Python<'_>, app: &Bound<'_, PyAny>, environ: Bound<'_, PyDict>, sink: Box<dyn Sink>, log: &dyn LogWrite, name: &str) -> Outcome {
-    let responder = Rc::new(RefCell::new(Responder::new(sink)));
-    let start_response = match Bound::new(py, StartResponse { responder: responder.clone() }) {
-        Ok(s) => s,
-        Err(e) => {
-            log.exception(py, &format!("wsgi app \"{name}\" could not be called"), &e);
-            return Outcome::FailedEarly;
-        }
-    };
+enum Body {
+    /// A list or tuple, and the index of its next item.
+    Seq(Py<PyAny>, usize),
+    Iter(Py<PyAny>),
+    Done,
+}
 
-    let result = match app.call1((environ, start_response)) {
-        Ok(r) => r,
-        Err(e) => return failed(py, &responder, log, name, &e),
-    };
+/// A response whose body is still being produced.
+pub struct Running {
+    id: u64,
+    responder: Rc<RefCell<Responder>>,
+    /// The application's iterable (`close()` is called on it at the end).
+    result: Option<Py<PyAny>>,
+    body: Body,
+    name: &'static str,
+    log: Arc<dyn LogWrite>,
+    /// `wsgi.errors`, moved to the worker's log when the request ends.
+    errors: Option<Py<LogStream>>,
+}
 
-    let iterated = iterate(py, &result, &responder);
-
-    // close() is called whatever happened, except on the plain list/tuple every framework
-    // returns for small bodies (they have none, and looking it up would raise internally).
-    let closed = if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() || result.is_exact_instance_of::<PyBytes>() {
-        Ok(())
-    } else {
-        close(py, &result)
-    };
-
-    if let Err(e) = iterated {
-        if responder.borrow().client_gone {
-            if let Err(e) = closed {
-                log.exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
+impl Running {
+    fn call(&mut self, py: Python<'_>, app: &Bound<'_, PyAny>, environ: Bound<'_, PyDict>) -> Step {
+        let active = Active::enter(self.id, &self.responder);
+        let start_response = match Bound::new(py, StartResponse { id: self.id }) {
+            Ok(s) => s,
+            Err(e) => {
+                self.log.exception(py, &format!("wsgi app \"{}\" could not be called", self.name), &e);
+                return self.end(py, Outcome::FailedEarly);
             }
+        };
+        let result = match app.call1((environ, start_response)) {
+            Ok(r) => r,
+            Err(e) => {
+                let outcome = self.failed(py, &e);
+                return self.end(py, outcome);
+            }
+        };
+        self.body = if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+            Body::Seq(result.clone().unbind(), 0)
+        } else if result.is_exact_instance_of::<PyBytes>() {
+            // A bare bytes object iterates as ints: a common mistake, refused plainly.
+            let e = PyTypeError::new_err("the application returned bytes; it must return an iterable of bytes, e.g. [body]");
+            self.result = Some(result.unbind());
+            return self.finish(py, Err(e));
+        } else if result.is_instance_of::<pyo3::types::PyString>() {
+            let e = PyTypeError::new_err("the application returned str; it must return an iterable of bytes");
+            self.result = Some(result.unbind());
+            return self.finish(py, Err(e));
+        } else {
+            match result.try_iter() {
+                Ok(it) => Body::Iter(it.into_any().unbind()),
+                Err(e) => {
+                    self.result = Some(result.unbind());
+                    return self.finish(py, Err(e));
+                }
+            }
+        };
+        self.result = Some(result.unbind());
+        drop(active);
+        self.resume(py)
+    }
+
+    /// Pulls the body into the sink until it ends or the sink is full.
+    pub fn resume(&mut self, py: Python<'_>) -> Step {
+        let _active = Active::enter(self.id, &self.responder);
+        loop {
+            if stop_early(&self.responder) {
+                return self.finish(py, Ok(()));
+            }
+            if self.responder.borrow().sink.paused() {
+                return Step::Pause;
+            }
+            let item = match &mut self.body {
+                Body::Seq(seq, i) => {
+                    let seq = seq.bind(py);
+                    let len = seq.len().unwrap_or(0);
+                    if *i >= len {
+                        return self.finish(py, Ok(()));
+                    }
+                    let item = seq.get_item(*i);
+                    *i += 1;
+                    item.map(|it| (it, Some(len)))
+                }
+                Body::Iter(it) => match it.bind(py).call_method0(pyo3::intern!(py, "__next__")) {
+                    Ok(item) => Ok((item, None)),
+                    Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => {
+                        return self.finish(py, Ok(()));
+                    }
+                    Err(e) => Err(e),
+                },
+                Body::Done => return self.finish(py, Ok(())),
+            };
+            let sent = item.and_then(|(item, seq_len)| {
+                let single = seq_len == Some(1);
+                send_item(&self.responder, &item, single, seq_len.is_some())
+            });
+            if let Err(e) = sent {
+                return self.finish(py, Err(e));
+            }
+        }
+    }
+
+    /// The client went away while the body was paused: close the iterable and end.
+    pub fn abandon(mut self, py: Python<'_>) {
+        self.responder.borrow_mut().client_gone = true;
+        let _ = self.finish(py, Ok(()));
+    }
+
+    /// The body ended (or failed with `err`): `close()`, headers of an empty body, checks.
+    fn finish(&mut self, py: Python<'_>, iterated: PyResult<()>) -> Step {
+        self.body = Body::Done;
+        self.responder.borrow_mut().ended = true;
+        let closed = match self.result.take() {
+            Some(result) => {
+                let result = result.into_bound(py);
+                // Plain lists and tuples (what frameworks return for small bodies) have no
+                // close(): looking it up would raise internally.
+                if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() || result.is_exact_instance_of::<PyBytes>() {
+                    Ok(())
+                } else {
+                    close(py, &result)
+                }
+            }
+            None => Ok(()),
+        };
+        let name = self.name;
+        if let Err(e) = iterated {
+            if self.responder.borrow().client_gone {
+                if let Err(e) = closed {
+                    self.log.exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
+                }
+                return self.end(py, Outcome::ClientGone);
+            }
+            let outcome = self.failed(py, &e);
+            return self.end(py, outcome);
+        }
+        if let Err(e) = closed {
+            // The body has been produced; an error in close() is the application's to fix but
+            // the response itself is whole.
+            self.log.exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
+        }
+        if self.responder.borrow().client_gone {
+            return self.end(py, Outcome::ClientGone);
+        }
+        let sent = {
+            let mut r = self.responder.borrow_mut();
+            if !r.headers_sent {
+                // An empty body: say so, rather than sending an empty chunked body (a HEAD
+                // response keeps what the application said, its body was never produced).
+                let head_request = r.sink.no_body();
+                if let Some(head) = r.head.as_mut() {
+                    if head.content_length.is_none() && !head_request {
+                        head.content_length = Some(0);
+                    }
+                }
+                r.send_headers()
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = sent {
+            if self.responder.borrow().client_gone {
+                return self.end(py, Outcome::ClientGone);
+            }
+            let outcome = self.failed(py, &e);
+            return self.end(py, outcome);
+        }
+        let r = self.responder.borrow();
+        if r.excess > 0 {
+            self.log.error(&format!(
+                "wsgi app \"{name}\" sent {} bytes more than its Content-Length, not sent",
+                r.excess
+            ));
+        }
+        let short = r.short();
+        if short {
+            self.log.error(&format!(
+                "wsgi app \"{name}\" sent {} bytes of a Content-Length of {}",
+                r.bytes_sent,
+                r.head.as_ref().and_then(|h| h.content_length).unwrap_or(0)
+            ));
+        }
+        drop(r);
+        self.end(py, Outcome::Complete { short })
+    }
+
+    fn end(&mut self, py: Python<'_>, outcome: Outcome) -> Step {
+        self.body = Body::Done;
+        self.responder.borrow_mut().ended = true;
+        if let Some(errors) = self.errors.take() {
+            // An application that keeps wsgi.errors past the request writes to the worker's log.
+            errors.bind(py).borrow().detach();
+        }
+        Step::Done(outcome)
+    }
+
+    fn failed(&self, py: Python<'_>, e: &PyErr) -> Outcome {
+        let r = self.responder.borrow();
+        let name = self.name;
+        if r.client_gone {
             return Outcome::ClientGone;
         }
-        return failed(py, &responder, log, name, &e);
-    }
-    if let Err(e) = closed {
-        // The body has been produced; an error in close() is the application's to fix but
-        // the response itself is whole.
-        log.exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
-    }
-
-    let mut r = responder.borrow_mut();
-    if !r.headers_sent {
-        // An empty body: say so, rather than sending an empty chunked body.
-        if let Some(head) = r.head.as_mut() {
-            if head.content_length.is_none() {
-                head.content_length = Some(0);
-            }
+        if let Some(why) = &r.refused {
+            self.log.error(&format!("wsgi app \"{name}\" {why}, answered with 502"));
+            return Outcome::Refused;
         }
-        if let Err(e) = r.send_headers() {
-            drop(r);
-            if responder.borrow().client_gone {
-                return Outcome::ClientGone;
-            }
-            return failed(py, &responder, log, name, &e);
+        if r.headers_sent {
+            self.log.exception(py, &format!("wsgi app \"{name}\" failed after the response started, response cut"), e);
+            Outcome::FailedLate
+        } else {
+            self.log.exception(py, &format!("wsgi app \"{name}\" failed"), e);
+            Outcome::FailedEarly
         }
     }
-    if r.excess > 0 {
-        log.error(&format!(
-            "wsgi app \"{name}\" sent {} bytes more than its Content-Length, not sent",
-            r.excess
-        ));
-    }
-    let short = r.short();
-    if short {
-        log.error(&format!(
-            "wsgi app \"{name}\" sent {} bytes of a Content-Length of {}",
-            r.bytes_sent,
-            r.head.as_ref().and_then(|h| h.content_length).unwrap_or(0)
-        ));
-    }
-    Outcome::Complete { short }
 }
 
-fn failed(py: Python<'_>, responder: &Rc<RefCell<Responder>>, log: &dyn LogWrite, name: &str, e: &PyErr) -> Outcome {
-    let r = responder.borrow();
-    if r.client_gone {
-        return Outcome::ClientGone;
-    }
-    if r.headers_sent {
-        log.exception(py, &format!("wsgi app \"{name}\" failed after the response started, response cut"), e);
-        Outcome::FailedLate
-    } else {
-        log.exception(py, &format!("wsgi app \"{name}\" failed"), e);
-        Outcome::FailedEarly
+/// Runs a request to its end on this thread (its sink never pauses).
+pub fn serve_to_end(
+    py: Python<'_>,
+    worker: &'static Worker,
+    app: &'static App,
+    parts: RequestParts,
+    sink: Box<dyn Sink>,
+    log: Arc<dyn LogWrite>,
+) -> Outcome {
+    let (mut running, mut step) = serve(py, worker, app, parts, sink, log);
+    loop {
+        match step {
+            Step::Done(outcome) => return outcome,
+            Step::Pause => match running.as_mut() {
+                Some(r) => step = r.resume(py),
+                None => return Outcome::FailedEarly,
+            },
+        }
     }
 }
 
@@ -226,50 +400,6 @@ fn send_item(responder: &Rc<RefCell<Responder>>, item: &Bound<'_, PyAny>, single
         }
     }
     r.send_body_as(data, in_list)
-}
-
-fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Rc<RefCell<Responder>>) -> PyResult<()> {
-    if let Ok(list) = result.cast_exact::<PyList>() {
-        let single = list.len() == 1;
-        for item in list.iter() {
-            send_item(responder, &item, single, true)?;
-            if stop_early(responder) {
-                break;
-            }
-        }
-        return Ok(());
-    }
-    if let Ok(tuple) = result.cast_exact::<PyTuple>() {
-        let single = tuple.len() == 1;
-        for item in tuple.iter() {
-            send_item(responder, &item, single, true)?;
-            if stop_early(responder) {
-                break;
-            }
-        }
-        return Ok(());
-    }
-    if result.is_exact_instance_of::<PyBytes>() {
-        // A bare bytes object iterates as ints: a common mistake, refused with a clear message.
-        return Err(PyTypeError::new_err(
-            "the application returned bytes; it must return an iterable of bytes, e.g. [body]",
-        ));
-    }
-    if result.is_instance_of::<pyo3::types::PyString>() {
-        return Err(PyTypeError::new_err(
-            "the application returned str; it must return an iterable of bytes",
-        ));
-    }
-    let iter = result.try_iter()?;
-    for item in iter {
-        let item = item?;
-        send_item(responder, &item, false, false)?;
-        if stop_early(responder) {
-            break;
-        }
-    }
-    let _ = py;
-    Ok(())
 }
 
 /// After the headers of a response without a body (HEAD, 204, 304), stop pulling the body.

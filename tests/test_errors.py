@@ -63,11 +63,19 @@ def test_exception_mid_stream_cuts_the_response(conformance_server):
 
 
 def test_exception_mid_stream_with_requests(conformance_server):
-    """The same, seen through requests: reading the body raises."""
-    with pytest.raises(requests.exceptions.RequestException):
-        resp = conformance_server.get("/bad/raise-midstream")
-        resp.raise_for_status()  # not reached if reading the body failed
-        pytest.fail(f"complete response received: {resp.content!r}")
+    """The same, seen through requests: the 200 status line and the headers
+    arrive, the first piece of the body too, then reading the rest raises
+    ChunkedEncodingError (the chunked body never got its terminating chunk)."""
+    received = bytearray()
+    with conformance_server.get("/bad/raise-midstream", stream=True) as resp:
+        assert resp.status_code == 200, \
+            f"status {resp.status_code} {resp.reason}, headers {dict(resp.headers)}"
+        assert resp.headers.get("Transfer-Encoding", "").lower() == "chunked", resp.headers
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            for piece in resp.iter_content(chunk_size=None):
+                received += piece
+            pytest.fail(f"complete response received: {bytes(received)!r}")
+    assert bytes(received).startswith(b"first-part;"), bytes(received)
 
 
 def test_exc_info_after_headers_reraises(conformance_server):

@@ -8,10 +8,10 @@ process that imports it to STATE_DIR/imports.log.
 import os
 import re
 import shutil
-import threading
+import socket
 import time
 
-from harness import APPS_DIR, explain, pid_alive, wait_until
+from harness import APPS_DIR, RawResponse, build_request, explain, pid_alive, wait_until
 
 LIFECYCLE_CONF = """
     wsgi_python_path @PYLIB@;
@@ -95,26 +95,32 @@ def test_reload_serves_edited_code(nginx_servers):
 
 
 def test_reload_lets_in_flight_response_finish(nginx_servers):
-    """A reload during a streaming response lets the old worker finish it."""
+    """A reload (SIGHUP) while the app is between the two chunks of a streaming
+    response lets the old worker finish it.
+
+    The reload is sent as soon as the client has received the first chunk: from
+    then on the app sleeps 1.5 s before the second one, so the response is
+    certainly in flight (and not yet finished) when the signal goes out."""
     srv = start_probe_server(nginx_servers)
-    result = {}
-
-    def stream():
-        try:
-            result["resp"] = srv.raw("GET", "/conformance/stream")
-        except Exception as exc:  # reported below
-            result["error"] = exc
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    time.sleep(0.5)  # the app is now sleeping between its two chunks
-    srv.reload()
-    thread.join(30)
-    assert not thread.is_alive()
-    assert "error" not in result, result.get("error")
-    resp = result["resp"]
+    old_workers = srv.worker_pids()
+    received = b""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(build_request("GET", "/conformance/stream"))
+        while b"first-chunk" not in received:
+            data = sock.recv(65536)
+            assert data, f"connection closed before the first chunk: {received!r}"
+            received += data
+        assert b"second-chunk" not in received, received
+        new_workers = srv.reload()  # returns once the old workers have exited
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    assert not new_workers & old_workers
+    resp = RawResponse(received, [])
     assert resp.status == 200, explain(resp, srv)
-    assert resp.complete and resp.body == b"first-chunksecond-chunk"
+    assert resp.complete and resp.body == b"first-chunksecond-chunk", resp.raw
 
 
 def test_quit_is_graceful_and_clean(nginx_servers):

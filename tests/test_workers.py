@@ -263,14 +263,28 @@ def test_no_request_fails_while_workers_recycle(nginx_servers):
             f"recycled outside 50..60 requests (wsgi_max_requests 50 10): {pid}: {reason}"
     assert len({pid for pid, _ in notices}) == len(notices), f"a worker recycled twice: {notices}"
 
-    # Recycles happen only on requests: once the load stops they settle.
-    time.sleep(1.5)
+    # Recycles happen only on requests: once the load stops they settle. A worker
+    # decides on recycling when a request is done, the moment its in_flight count
+    # drops, and logs the notice right then; /status itself is not counted. So once
+    # /status shows no request in flight anywhere, every recycle has been logged.
+    wait_until(lambda: all(w["in_flight"] == 0 for w in get_status(srv)["workers"]), 10,
+               interval=0.1, what="no request in flight in /status")
     notices = recycle_notices(srv)
     wait_exited_cleanly(srv, [pid for pid, _ in notices], timeout=15)
     wait_until(lambda: len(srv.worker_pids()) == 2, 10, what="two workers again")
-    doc = wait_status_pids_match(srv)
-    assert doc["workers_recycled"] == len(recycle_notices(srv)), \
-        (doc["workers_recycled"], recycle_notices(srv))
+    wait_status_pids_match(srv)
+    last = {}
+
+    def recycled_matches_notices():
+        last["doc"], last["notices"] = get_status(srv), recycle_notices(srv)
+        return last["doc"]["workers_recycled"] == len(last["notices"])
+
+    try:
+        wait_until(recycled_matches_notices, 5, interval=0.2,
+                   what="workers_recycled == number of recycling notices")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {last['doc']['workers_recycled']} in /status, "
+                             f"notices {last['notices']}") from None
 
 
 # --------------------------------------------------------------------------
@@ -331,9 +345,23 @@ def test_max_rss_recycles_worker(nginx_servers):
     assert "wsgi_max_rss" in notices[first], notices[first]
     wait_exited_cleanly(srv, [first])
 
-    time.sleep(1.5)  # more than one RSS check of the new worker
-    assert second not in dict(recycle_notices(srv)), \
-        f"the fresh worker {second} was recycled too:\n{srv.log_tail(20)}"
+    # The RSS check runs on a once-a-second timer. Rather than sleeping through
+    # "probably two checks", make each check observable: the fresh worker keeps
+    # 4 MB more (twice; still far below 64m), and since /status's rss_bytes is
+    # refreshed only by that check, in the same step that compares it with
+    # wsgi_max_rss (and would log the notice), seeing the growth in /status proves
+    # a check has run on the grown worker and decided not to recycle it.
+    for round_ in (1, 2):
+        (w,) = get_status(srv)["workers"]
+        assert w["pid"] == second, w
+        resp = srv.get("/hog?mb=4")
+        assert resp.status_code == 200, explain(resp, srv)
+        assert int(resp.text.split()[0]) == second, resp.text
+        wait_until(lambda: get_status(srv)["workers"][0]["rss_bytes"]
+                   >= w["rss_bytes"] + (3 << 20), 5, interval=0.1,
+                   what=f"an RSS check of the fresh worker after it grew (round {round_})")
+        assert second not in dict(recycle_notices(srv)), \
+            f"the fresh worker {second} was recycled too:\n{srv.log_tail(20)}"
     assert get_pid(srv) == second
     assert proc_status_kb(second, "VmRSS") < 64 * 1024
 
@@ -578,6 +606,7 @@ def test_status_during_load(status_server):
     srv = status_server
     stop = time.monotonic() + 1.5
     failures = []
+    answered = []
 
     def client():
         with requests.Session() as session:
@@ -585,12 +614,14 @@ def test_status_during_load(status_server):
                 resp = session.get(srv.url("/sleep?ms=50"), timeout=10)
                 if resp.status_code != 200:
                     failures.append(resp.status_code)
+                answered.append(threading.get_ident())
 
     clients = [threading.Thread(target=client) for _ in range(6)]
     for t in clients:
         t.start()
     samples = []
-    time.sleep(0.2)
+    # sample once the load flows: every client has had an answer
+    wait_until(lambda: len(answered) >= 6 or failures, 5, what="the clients' first answers")
     while time.monotonic() < stop - 0.1:
         doc = get_status(srv)
         samples.append([(w["in_flight"], w["busy_threads"]) for w in doc["workers"]])
@@ -707,9 +738,13 @@ def test_two_apps_log_with_their_own_logging_setup(nginx_servers):
     for path in (f"/a/log?t={tok}", f"/b/log?t={tok}"):
         resp = srv.get(path)
         assert resp.status_code == 200 and resp.text == "logged", explain(resp, srv)
-    srv.wait_log(f"multi-a[INFO] a-info {tok}")
-    srv.wait_log(f"B|WARNING|b-warning {tok}")
-    time.sleep(0.3)
+    # Then a third request whose log line marks the end: the worker writes what the
+    # apps log in order, so once the marker is in error.log, so is anything (a
+    # duplicate, B's INFO line) the two requests before it logged.
+    end = token()
+    resp = srv.get(f"/a/log?t={end}")
+    assert resp.status_code == 200 and resp.text == "logged", explain(resp, srv)
+    srv.wait_log(f"multi-a[INFO] a-info {end}")
     lines = [line for line in srv.error_log().splitlines() if tok in line]
     expected = {f"multi-a[DEBUG] a-debug {tok}", f"multi-a[INFO] a-info {tok}",
                 f"B|WARNING|b-warning {tok}"}
