@@ -378,11 +378,13 @@ unsafe fn step_inline(ls: *mut LoopState) {
         Step::Done(Outcome::ClientGone)
     } else {
         let t0 = std::time::Instant::now();
-        let step = Python::attach(|py| run.resume(py));
+        // A finished body is dropped with the interpreter held.
+        let (run, step) = Python::attach(move |py| {
+            let step = run.resume(py);
+            (if step == Step::Pause { Some(run) } else { None }, step)
+        });
         *app_time += t0.elapsed();
-        if step == Step::Pause {
-            *running = Some(run);
-        }
+        *running = run;
         step
     };
     match step {

@@ -215,7 +215,7 @@ impl Responder {
         let size = head.wire_size();
         if size > self.max_header {
             let msg = format!(
-                "sent too big response headers ({size} bytes in {} headers, wsgi_max_header_size is {})",
+                "sent response headers too big: {size} bytes in {} headers, wsgi_max_header_size is {}",
                 head.headers.len(),
                 self.max_header
             );
