@@ -1,5 +1,6 @@
 """Helpers the module runs in each worker's interpreter (not on the request path)."""
 
+import ast
 import hashlib
 import importlib
 import importlib.util
@@ -26,7 +27,18 @@ def _resolve(module, callable_name, where):
     return obj
 
 
-def load_script(path, callable_name):
+def _call_factory(factory, call_text, where):
+    """Calls an application factory with the literal arguments of `name(...)`."""
+    call = ast.parse("f" + call_text, mode="eval").body
+    args = [ast.literal_eval(a) for a in call.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    app = factory(*args, **kwargs)
+    if not callable(app):
+        raise TypeError(f"{where}{call_text} returned {type(app).__name__!s}, not a WSGI callable")
+    return app
+
+
+def load_script(path, callable_name, factory_args=None):
     """Imports a script file under a name unique to its path.
 
     Two scripts both called wsgi.py in different directories get two module names, so
@@ -50,13 +62,15 @@ def load_script(path, callable_name):
     except BaseException:
         sys.modules.pop(name, None)
         raise
-    return _resolve(module, callable_name, path)
+    obj = _resolve(module, callable_name, path)
+    return _call_factory(obj, factory_args, f"{path}:{callable_name}") if factory_args else obj
 
 
-def load_module(module_name, callable_name):
-    """Imports a dotted module from sys.path."""
+def load_module(module_name, callable_name, factory_args=None):
+    """Imports a dotted module from sys.path (and calls the factory, if one is named)."""
     module = importlib.import_module(module_name)
-    return _resolve(module, callable_name, module_name)
+    obj = _resolve(module, callable_name, module_name)
+    return _call_factory(obj, factory_args, f"{module_name}:{callable_name}") if factory_args else obj
 
 
 class _LogRaw(io.RawIOBase):

@@ -136,6 +136,11 @@ fn initialize(home: Option<&Path>) -> Result<(), String> {
 pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
     // SAFETY: the cycle log outlives the worker.
     let log = unsafe { Log::from_ptr(log) };
+    // Checked at configuration time too; the virtualenv may have been recreated since.
+    if let Some(Err(e)) = mcf.python_home.as_deref().map(crate::conf::check_venv_version) {
+        log.write(NGX_LOG_ALERT, &format!("wsgi: python not started: {e}"));
+        return;
+    }
     if let Err(e) = initialize(mcf.python_home.as_deref()) {
         log.write(NGX_LOG_ALERT, &format!("wsgi: python initialization failed: {e}"));
         return;
@@ -239,11 +244,12 @@ impl Worker {
         let loaded = match &app.spec.source {
             AppSource::Script(path) => bootstrap.call_method1(
                 "load_script",
-                (path.to_string_lossy().as_ref(), app.spec.callable.as_str()),
+                (path.to_string_lossy().as_ref(), app.spec.callable.as_str(), app.spec.factory_args.as_deref()),
             ),
-            AppSource::Module(module) => {
-                bootstrap.call_method1("load_module", (module.as_str(), app.spec.callable.as_str()))
-            }
+            AppSource::Module(module) => bootstrap.call_method1(
+                "load_module",
+                (module.as_str(), app.spec.callable.as_str(), app.spec.factory_args.as_deref()),
+            ),
         };
         let mut st = app.state();
         st.importing = None;
