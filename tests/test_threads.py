@@ -197,13 +197,16 @@ def test_event_loop_serves_while_threads_are_busy(nginx_servers):
 # 3. slow reader: backpressure keeps the producer (and memory) in check
 # --------------------------------------------------------------------------
 
-def test_slow_reader_bounds_memory(nginx_servers):
+@pytest.mark.parametrize("mode", ["threaded", "inline"])
+def test_slow_reader_bounds_memory(nginx_servers, mode):
     """The app offers 200 MB in 64 KiB pieces; the client reads 64 KiB every
     0.1 s for 3 s through a small receive buffer. The producer must wait for
     the client: it produces only a few MB more than the client read and the
     worker's memory grows by far less than the 200 MB on offer. When the client
-    goes away, the iterable is closed."""
-    srv = nginx_servers(threads_conf(), name="slowreader", worker_processes=1)
+    goes away, the iterable is closed. Inline (``wsgi_threads 0``) the body is
+    paused on the event loop and resumed from write events."""
+    main = "wsgi_threads 0;" if mode == "inline" else ""
+    srv = nginx_servers(threads_conf(main), name="slowreader", worker_processes=1)
     worker = only_worker(srv)
     assert srv.get("/quick").status_code == 200  # warm up the thread pool
     base_rss = proc_status_kb(worker, "VmRSS")
