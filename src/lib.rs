@@ -1,8 +1,9 @@
 //! `ngx_http_wsgi_module`: runs Python WSGI (PEP 3333) applications inside nginx workers.
 //!
 //! This file is wiring only: the module statics nginx looks up after `dlopen`, the HTTP module
-//! context, and the process hooks. Directives live in `conf.rs`, the interpreter in `interp.rs`,
-//! the request path in `handler.rs` (nginx side) and `wsgi.rs` (Python side).
+//! context, and the process hooks. The tree follows the thread boundary: `conf/` (directives),
+//! `nginx/` (the event loop's side), `python/` (the Python side, safe code), `bridge/` (the
+//! only code that sees both), with `log.rs` and `stats.rs` shared.
 
 use core::ffi::c_void;
 use core::ptr::addr_of;
@@ -15,19 +16,13 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
 pub mod bridge;
 pub mod conf;
-pub mod environ;
-pub mod exchange;
-pub mod handler;
-pub mod input;
-pub mod interp;
 pub mod log;
-pub mod output;
-pub mod pool;
-pub mod request;
-pub mod response;
+pub mod nginx;
+pub mod python;
 pub mod stats;
-pub mod worker;
-pub mod wsgi;
+
+use nginx::recycle;
+use python::{interp, pool};
 
 /// The module type behind the `ngx-rust` traits.
 pub struct Module;
@@ -51,13 +46,11 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = conf::LocConf;
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; conf::COMMAND_COUNT + 1] = conf::commands();
-
 static NGX_HTTP_WSGI_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
     postconfiguration: Some(postconfiguration),
     create_main_conf: Some(Module::create_main_conf),
-    init_main_conf: Some(conf::init_main_conf),
+    init_main_conf: Some(conf::directives::init_main_conf),
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),
@@ -72,7 +65,7 @@ ngx::ngx_modules!(ngx_http_wsgi_module);
 pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(NGX_HTTP_WSGI_MODULE_CTX) as *mut c_void,
     // SAFETY: the command table is a static that nginx only reads.
-    commands: unsafe { addr_of!(NGX_HTTP_WSGI_COMMANDS[0]) as *mut ngx_command_t },
+    commands: unsafe { addr_of!(conf::COMMANDS[0]) as *mut ngx_command_t },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
     init_process: Some(init_process),
     exit_process: Some(exit_process),
@@ -81,7 +74,7 @@ pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
 
 extern "C" fn postconfiguration(_cf: *mut ngx::ffi::ngx_conf_t) -> ngx_int_t {
     // SAFETY: postconfiguration is where nginx modules join the filter chains.
-    unsafe { worker::install_header_filter() };
+    unsafe { recycle::install_header_filter() };
     ngx::core::Status::NGX_OK.into()
 }
 
@@ -104,7 +97,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     }
     log::set_loop_thread();
     // SAFETY: init_process runs on the worker's event loop thread.
-    unsafe { worker::start(cycle, mcf) };
+    unsafe { recycle::start(cycle, mcf) };
     if mcf.apps.is_empty() {
         // The module is loaded but no location names an application: no interpreter.
         return ngx::core::Status::NGX_OK.into();
@@ -117,7 +110,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if let Err(e) = &bridged {
         cycle_log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: wake-up channel not started: {e}"));
     }
-    interp::start_worker(mcf, cycle.log);
+    interp::start_worker(mcf, cycle_log);
     if mcf.threads() > 0 && interp::worker().is_some() {
         pool::mark_threaded();
         let started = bridged.and_then(|()| pool::start(mcf.threads(), mcf.queue()).map_err(|e| e.to_string()));
@@ -125,7 +118,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             cycle_log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: python threads not started: {e}"));
         }
     }
-    worker::update_rss();
+    recycle::update_rss();
     ngx::core::Status::NGX_OK.into()
 }
 
@@ -133,7 +126,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// worker exits. Threads still stuck in an application after the grace period keep the
 /// interpreter from being finalized (finalizing under them would crash the worker).
 extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
-    worker::stop();
+    recycle::stop();
     let stopped = pool::stop(std::time::Duration::from_secs(5));
     bridge::stop();
     if stopped {

@@ -29,6 +29,15 @@ unsafe impl Sync for Log {}
 
 static LOOP_THREAD: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
 
+/// Hands a message from another thread to the event loop; false when it could not.
+type Forward = fn(u32, &str) -> bool;
+static FORWARD: std::sync::OnceLock<Forward> = std::sync::OnceLock::new();
+
+/// Registers how other threads' messages reach the loop (the bridge does, at worker start).
+pub fn set_forwarder(forward: Forward) {
+    let _ = FORWARD.set(forward);
+}
+
 /// The worker's cycle log, cached so that other threads never read `ngx_cycle`.
 static CYCLE_LOG: std::sync::atomic::AtomicPtr<ngx_log_t> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
@@ -62,7 +71,7 @@ impl LogWrite for Log {
     fn write(&self, level: u32, msg: &str) {
         if on_loop_thread() {
             self.write_direct(level, msg);
-        } else if !crate::bridge::log_later(level, msg) {
+        } else if !FORWARD.get().is_some_and(|forward| forward(level, msg)) {
             write_stderr(msg);
         }
     }

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Calls a WSGI application and drives its response (safe code only).
 //!
 //! `start` calls the application (environ in, a `Running` response out) and `Running::resume`
@@ -19,11 +20,11 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::input::WsgiInput;
-use crate::interp::{App, Worker};
 use crate::log::{LogStream, LogWrite, NGX_LOG_ERR};
-use crate::request::RequestParts;
-use crate::response::{Active, Responder, Sink, StartResponse};
+use crate::python::input::WsgiInput;
+use crate::python::interp::{App, Worker};
+use crate::python::parts::RequestParts;
+use crate::python::response::{Active, Responder, Sink, StartResponse};
 
 /// How a request ended, for the caller that finalizes it in nginx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,43 +49,6 @@ pub enum Step {
     Done(Outcome),
 }
 
-/// `wsgi.file_wrapper`: iterates a file-like object in blocks and closes it.
-#[pyclass(module = "ngx_wsgi", name = "FileWrapper")]
-pub struct FileWrapper {
-    filelike: Py<PyAny>,
-    blksize: usize,
-}
-
-#[pymethods]
-impl FileWrapper {
-    #[new]
-    #[pyo3(signature = (filelike, blksize=65536))]
-    fn new(filelike: Py<PyAny>, blksize: i64) -> FileWrapper {
-        FileWrapper { filelike, blksize: if blksize > 0 { blksize as usize } else { 65536 } }
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let data = self.filelike.bind(py).call_method1(pyo3::intern!(py, "read"), (self.blksize,))?;
-        let empty = match data.cast::<PyBytes>() {
-            Ok(b) => b.as_bytes().is_empty(),
-            Err(_) => data.len().map(|n| n == 0).unwrap_or(true),
-        };
-        Ok(if empty { None } else { Some(data) })
-    }
-
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let f = self.filelike.bind(py);
-        if f.hasattr(pyo3::intern!(py, "close"))? {
-            f.call_method0(pyo3::intern!(py, "close"))?;
-        }
-        Ok(())
-    }
-}
-
 fn type_name(o: &Bound<'_, PyAny>) -> String {
     o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
@@ -107,7 +71,7 @@ pub fn serve(
     let prepared = (|| -> PyResult<(Bound<'_, PyDict>, Bound<'_, LogStream>)> {
         let input = Bound::new(py, WsgiInput::new(body))?;
         let errors = Bound::new(py, LogStream::new(log.clone(), NGX_LOG_ERR))?;
-        let environ = crate::environ::build(
+        let environ = crate::python::environ::build(
             py,
             worker.base_environ.bind(py),
             &parts,
@@ -125,7 +89,7 @@ pub fn serve(
     };
     let responder = Rc::new(RefCell::new(Responder::new(sink, parts.max_header_size)));
     let mut running = Running {
-        id: crate::response::next_id(),
+        id: crate::python::response::next_id(),
         responder,
         result: None,
         body: Body::Done,

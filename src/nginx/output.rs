@@ -14,7 +14,7 @@ use ngx::ffi::{
     ngx_parse_http_time, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 
-use crate::response::{ResponseHead, Sink, SinkError};
+use crate::python::response::{ResponseHead, Sink, SinkError};
 
 /// A `Sink` writing straight into a request, on the event loop.
 pub struct NgxSink {

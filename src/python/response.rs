@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! `start_response`, `write()`, and the rules a response must follow (PEP 3333).
 //!
 //! The application's status and headers are validated here, in safe Rust, before anything

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! `wsgi.input`: the request body nginx has already read, in memory or in its temp file.
 //!
 //! Ownership: the segments are owned copies (memory) or our own duplicated descriptors of

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The worker's Python threads: a bounded job queue, `wsgi_threads` threads that run
 //! applications, and a watchdog that interrupts applications past `wsgi_timeout`.
 //!
@@ -12,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::exchange::{Event, Exchange, ThreadSink};
+use crate::python::exchange::{Event, Exchange, ThreadSink};
 use crate::log::{Log, LogWrite, NGX_LOG_ERR};
-use crate::request::RequestParts;
-use crate::wsgi::{self, Outcome};
+use crate::python::parts::RequestParts;
+use crate::python::wsgi::{self, Outcome};
 
 pub struct Job {
     pub ex: Arc<Exchange>,
@@ -139,30 +140,13 @@ impl Pool {
     }
 }
 
-/// Runs `f` with every signal blocked on this thread, so that threads it spawns inherit a
-/// full mask: nginx's signals (QUIT, TERM, HUP, USR1...) must reach the event loop thread,
-/// whose handlers and `epoll_wait` act on them, never a Python thread.
-fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: plain sigset operations on local values; the old mask is restored below.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let result = f();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        result
-    }
-}
-
-/// Starts `threads` application threads and the watchdog.
 /// Records that the configuration asks for Python threads (before they start, or fail to).
 pub fn mark_threaded() {
     THREADED.store(true, Ordering::Relaxed);
 }
 
 pub fn start(threads: usize, capacity: usize) -> std::io::Result<()> {
-    with_signals_blocked(|| spawn_all(threads, capacity))
+    crate::python::interp::with_signals_blocked(|| spawn_all(threads, capacity))
 }
 
 fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
@@ -255,7 +239,7 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
         if ex.interrupted.load(Ordering::Acquire) {
             // A timeout exception that the application did not reach must not fire in
             // the next request this thread runs.
-            crate::interp::clear_async_exc(ident);
+            crate::python::interp::clear_async_exc(ident);
         }
         let busy = pool.busy.fetch_sub(1, Ordering::AcqRel) - 1;
         crate::stats::set_load(busy, pool.waiting());
@@ -268,7 +252,7 @@ fn run_job(py: Python<'_>, job: Job) -> Outcome {
     if ex.is_cancelled() {
         return Outcome::ClientGone;
     }
-    let Some(worker) = crate::interp::worker() else {
+    let Some(worker) = crate::python::interp::worker() else {
         return Outcome::FailedEarly;
     };
     let sink = Box::new(ThreadSink { ex: ex.clone(), no_body });
@@ -296,7 +280,7 @@ fn watchdog_thread(py: Python<'_>, pool: &Pool) {
         // above and the raise below.
         if ex.thread_ident.load(Ordering::Acquire) == ident {
             ex.interrupted.store(true, Ordering::Release);
-            crate::interp::raise_timeout(py, ident);
+            crate::python::interp::raise_timeout(py, ident);
         }
     }
 }

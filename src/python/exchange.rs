@@ -1,7 +1,8 @@
+#![forbid(unsafe_code)]
 //! The meeting point of one request's Python thread and the event loop (safe code only).
 //!
 //! The Python thread produces `Event`s (the head, body pieces, log lines, the outcome) into
-//! the exchange and wakes the loop (`bridge::wake`). The loop takes them when it can send:
+//! the exchange and wakes the loop (with the waker the bridge registered, `set_waker`). The loop takes them when it can send:
 //! while nginx still holds unsent output, it takes nothing, the queued bytes stay above
 //! `QUEUE_LIMIT`, and the producing thread waits in `ThreadSink::body`, detached from the
 //! interpreter. That is the backpressure: a slow client slows the application, memory stays
@@ -11,17 +12,28 @@
 //! thread then gets an error from its next write and the application's iterable is closed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use pyo3::prelude::*;
 
 use crate::log::LogWrite;
-use crate::response::{ResponseHead, Sink, SinkError};
-use crate::wsgi::Outcome;
+use crate::python::response::{ResponseHead, Sink, SinkError};
+use crate::python::wsgi::Outcome;
 
 /// Body bytes a request may have queued for the loop before its thread waits.
 pub const QUEUE_LIMIT: usize = 256 * 1024;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How a thread tells the loop that an exchange has news (registered by the bridge).
+type Waker = Box<dyn Fn(Arc<Exchange>) + Send + Sync>;
+static WAKER: OnceLock<Waker> = OnceLock::new();
+
+/// Registers the loop's wake-up (once, when the worker starts).
+pub fn set_waker(waker: Waker) {
+    let _ = WAKER.set(waker);
+}
 
 #[derive(Debug)]
 pub enum Event {
@@ -52,9 +64,8 @@ pub struct Exchange {
     pub thread_ident: AtomicU64,
     /// The watchdog raised the timeout exception in the application's thread.
     pub interrupted: AtomicBool,
-    /// The loop's per-request state (`bridge::LoopState`); null once the request is over.
-    /// Only the event loop thread reads or writes what it points to.
-    pub loop_state: AtomicPtr<core::ffi::c_void>,
+    /// Names the exchange to the loop, which keeps its own state per id.
+    pub id: u64,
     /// "GET /path" for messages about this request that outlive it.
     pub what: String,
 }
@@ -67,7 +78,7 @@ impl Exchange {
             cancelled: AtomicBool::new(false),
             thread_ident: AtomicU64::new(0),
             interrupted: AtomicBool::new(false),
-            loop_state: AtomicPtr::new(core::ptr::null_mut()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             what,
         })
     }
@@ -102,7 +113,9 @@ impl Exchange {
         if !g.scheduled {
             g.scheduled = true;
             drop(g);
-            crate::bridge::wake(self.clone());
+            if let Some(wake) = WAKER.get() {
+                wake(self.clone());
+            }
         }
     }
 

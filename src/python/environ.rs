@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The WSGI environ, built from `RequestParts` (safe code only).
 //!
 //! PEP 3333 "native strings": every CGI value is a `str` whose code points are the request's
@@ -9,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{intern, Bound};
 
-use crate::request::RequestParts;
+use crate::python::parts::RequestParts;
 
 /// Decodes bytes as latin-1 into a Python `str` (ASCII is the fast common case).
 pub fn native_str<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {

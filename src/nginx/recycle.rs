@@ -1,13 +1,11 @@
-//! Worker-level machinery at the FFI edge: the shared memory zone behind `wsgi_status`, the
-//! housekeeping timer (RSS, lifetime), worker recycling, and the `wsgi_status` handler.
+//! Worker recycling (`wsgi_max_requests`, `wsgi_max_rss`, `wsgi_max_lifetime`) and the
+//! housekeeping timer that watches memory and age.
 //!
-//! Recycling: a worker past `wsgi_max_requests`, `wsgi_max_rss` or `wsgi_max_lifetime` first
-//! drains for a second: every response it sends says `Connection: close` (a header filter),
-//! so keep-alive clients close their connections themselves instead of racing a close with
-//! their next request. Then it sets nginx's own `ngx_quit`, so it shuts down exactly as on
-//! `nginx -s quit`: it stops accepting, finishes the requests in flight, and exits with code
-//! 0; the master starts a fresh worker in its place (it respawns workers that exit on their
-//! own).
+//! A worker past a limit first drains for a second: every response it sends says
+//! `Connection: close` (a header filter), so keep-alive clients close their connections
+//! themselves instead of racing a close with their next request. Then it sets nginx's own
+//! `ngx_quit`, so it shuts down exactly as on `nginx -s quit`: it stops accepting, finishes the
+//! requests in flight, and exits with code 0; the master starts a fresh worker in its place.
 
 use core::ffi::c_void;
 use core::ptr;
@@ -15,62 +13,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_http_discard_request_body,
-    ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_top_header_filter, ngx_int_t, ngx_quit, ngx_shared_memory_add, ngx_shm_zone_t,
-    ngx_slab_calloc, ngx_slab_pool_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_NOT_ALLOWED, NGX_LOG_NOTICE, NGX_OK,
+    ngx_add_timer, ngx_cycle_t, ngx_event_t, ngx_http_output_header_filter_pt, ngx_http_request_t,
+    ngx_http_top_header_filter, ngx_int_t, ngx_quit, NGX_LOG_NOTICE, NGX_OK,
 };
 
 use crate::conf::MainConf;
 use crate::log::Log;
-use crate::output::{self, NgxSink};
-use crate::response::{ResponseHead, Sink};
 use crate::stats;
-
-/// Room for the board and the slab allocator's own bookkeeping.
-const ZONE_SIZE: usize = 256 * 1024;
-
-/// Creates the status zone (called once the http block is parsed).
-///
-/// # Safety
-/// `cf` is the configuration being parsed.
-pub unsafe fn add_zone(cf: *mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ()> {
-    let mut name = ngx::ngx_string!("ngx_http_wsgi_status");
-    let size = ZONE_SIZE.max((stats::BOARD_SIZE * 2 + 4095) & !4095);
-    let tag = <crate::Module as ngx::http::HttpModule>::module() as *const _ as *mut c_void;
-    // SAFETY: registering a zone during configuration; nginx maps it before workers start.
-    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };
-    if zone.is_null() {
-        return Err(());
-    }
-    // SAFETY: the zone entry nginx just returned.
-    unsafe {
-        (*zone).init = Some(init_zone);
-    }
-    mcf.zone = core::ptr::NonNull::new(zone);
-    Ok(())
-}
-
-/// Zone init: a new zone gets a board from its slab pool; a zone kept across a reload
-/// (`data` is the old zone's board) keeps its board, and so its counts.
-extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: nginx mapped the zone and set up its slab pool at `shm.addr`.
-    unsafe {
-        if !data.is_null() {
-            (*zone).data = data;
-            return NGX_OK as ngx_int_t;
-        }
-        let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
-        let board = ngx_slab_calloc(pool, stats::BOARD_SIZE) as *mut u8;
-        if board.is_null() {
-            return ngx::ffi::NGX_ERROR as ngx_int_t;
-        }
-        stats::init_board(board);
-        (*pool).data = board as *mut c_void;
-        (*zone).data = board as *mut c_void;
-    }
-    NGX_OK as ngx_int_t
-}
 
 struct Limits {
     max_requests: Option<u64>,
@@ -231,36 +180,3 @@ extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// `clcf->handler` of a `wsgi_status` location.
-pub extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx calls content handlers with a live request, on its loop thread.
-    unsafe {
-        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-            return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
-        }
-        let rc = ngx_http_discard_request_body(r);
-        if rc != NGX_OK as ngx_int_t {
-            return rc;
-        }
-        let server = crate::environ::server_software();
-        let body = stats::status_json(&server);
-        let head = ResponseHead {
-            status: 200,
-            status_line: b"200 OK".to_vec(),
-            content_type: Some(b"application/json".to_vec()),
-            content_length: Some(body.len() as u64),
-            headers: vec![(b"Cache-Control".to_vec(), b"no-store".to_vec())],
-            close: false,
-        };
-        let mut sink = NgxSink::new(r);
-        match sink.start(&head) {
-            Ok(true) => {}
-            Ok(false) => return NGX_OK as ngx_int_t,
-            Err(_) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-        }
-        if sink.body(body.as_bytes()).is_err() {
-            return ngx::ffi::NGX_ERROR as ngx_int_t;
-        }
-        output::finish(r, false)
-    }
-}

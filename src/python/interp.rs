@@ -133,11 +133,9 @@ fn initialize(home: Option<&Path>) -> Result<(), String> {
 
 /// Starts Python in this worker and imports every application. Failures are logged; the
 /// worker keeps serving everything else.
-pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
-    // SAFETY: the cycle log outlives the worker.
-    let log = unsafe { Log::from_ptr(log) };
+pub fn start_worker(mcf: &MainConf, log: Log) {
     // Checked at configuration time too; the virtualenv may have been recreated since.
-    if let Some(Err(e)) = mcf.python_home.as_deref().map(crate::conf::check_venv_version) {
+    if let Some(Err(e)) = mcf.python_home.as_deref().map(|h| crate::conf::parse::check_venv_version(h, embedded_version())) {
         log.write(NGX_LOG_ALERT, &format!("wsgi: python not started: {e}"));
         return;
     }
@@ -163,8 +161,8 @@ pub fn start_worker(mcf: &MainConf, log: *mut ngx::ffi::ngx_log_t) {
             path.call_method1("insert", (i, dir.to_string_lossy().as_ref()))?;
         }
 
-        let file_wrapper = py.get_type::<crate::wsgi::FileWrapper>();
-        let base = crate::environ::base_environ(py, mcf.threads() > 0, true, file_wrapper.as_any())?;
+        let file_wrapper = py.get_type::<crate::python::file_wrapper::FileWrapper>();
+        let base = crate::python::environ::base_environ(py, mcf.threads() > 0, true, file_wrapper.as_any())?;
 
         let apps = mcf
             .apps
@@ -272,6 +270,16 @@ impl Worker {
     }
 }
 
+/// The `major.minor` of the Python this module embeds (readable before it starts).
+pub fn embedded_version() -> (u32, u32) {
+    // SAFETY: Py_GetVersion returns a static string and may be called before initialization.
+    let v = unsafe { std::ffi::CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
 /// Stops the interpreter: `atexit` handlers run, buffered output is flushed.
 pub fn stop_worker() {
     // SAFETY: exit_process runs on the worker's main thread, after the event loop stopped;
@@ -287,6 +295,23 @@ pub fn stop_worker() {
     }
 }
 
+/// Runs `f` with every signal blocked on this thread, so that threads it spawns inherit a
+/// full mask: nginx's signals (QUIT, TERM, HUP, USR1...) must reach the event loop thread,
+/// whose handlers and `epoll_wait` act on them, never a Python thread.
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain sigset operations on local values; the old mask is restored below.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
+/// Starts `threads` application threads and the watchdog.
 /// Raises `RequestTimeout` (from the bootstrap module) in the thread `ident`, at its next
 /// Python instruction. A thread blocked in one long C call sees it when that call returns.
 pub fn raise_timeout(py: Python<'_>, ident: u64) {

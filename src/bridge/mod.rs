@@ -1,11 +1,10 @@
-//! The only place that sees both Python threads and the event loop.
+//! The only code that sees both Python threads and the event loop.
 //!
-//! Python threads report through `wake` (an exchange has news) and `log_later` (a log line
-//! with no request). Both write to an eventfd of the module's own, registered with the
-//! worker's event loop as an nginx connection; `ngx_notify` is not used because nginx's
-//! thread pools own its single handler. On the loop, `on_wake` drains the eventfd and pumps
-//! every exchange with news into its request: headers and body through nginx's filters, as
-//! fast as the client takes them (see `exchange.rs` for the backpressure).
+//! Python threads report through the wake-up channel (`wake.rs`): an exchange has news, or
+//! a log line has no request. On the loop, every exchange with news is pumped into its
+//! request (`deliver`, `pump`): headers and body through nginx's filters, as fast as the
+//! client takes them (see `python/exchange.rs` for the backpressure). The loop finds a
+//! request's state from its exchange's id; the Python side holds no pointer of the loop's.
 //!
 //! Request lifetime while a thread runs its application: the body-reading reference keeps
 //! the request alive until we finalize it once, on `Done` (or at the timeout); and
@@ -22,156 +21,55 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_cycle_t, ngx_del_timer, ngx_event_t, ngx_get_connection,
-    ngx_handle_read_event, ngx_handle_write_event, ngx_http_cleanup_add, ngx_http_finalize_request,
-    ngx_http_output_filter, ngx_http_request_empty_handler, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_cleanup_add, ngx_http_finalize_request,
+    ngx_http_request_empty_handler, ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_test_reading,
+    ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use pyo3::Python;
-use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
-use crate::exchange::{Event, Exchange};
 use crate::log::Log;
-use crate::output::{self, output_busy, NgxSink};
-use crate::response::Sink;
-use crate::wsgi::{Outcome, Running, Step};
+use crate::nginx::output::{self, output_busy, NgxSink};
+use crate::nginx::writer::{self, Drain};
+use crate::python::exchange::{Event, Exchange};
+use crate::python::response::Sink;
+use crate::python::wsgi::{Outcome, Running, Step};
 
-struct Shared {
-    /// -1 once the bridge is stopped.
-    efd: AtomicI32,
-    /// Exchanges with news, and log lines from threads.
-    inbox: Mutex<(Vec<Arc<Exchange>>, Vec<(u32, String)>)>,
+pub mod wake;
+
+pub use wake::{start, stop};
+
+thread_local! {
+    /// Requests whose application runs on a Python thread, by exchange id (loop thread only).
+    static STATES: RefCell<HashMap<u64, *mut LoopState>> = RefCell::new(HashMap::new());
 }
 
-static SHARED: OnceLock<Shared> = OnceLock::new();
-
-/// The eventfd's nginx connection (event loop thread only).
-static CONN: AtomicPtr<ngx_connection_t> = AtomicPtr::new(ptr::null_mut());
-
-fn signal(efd: RawFd) {
-    if efd < 0 {
-        return;
-    }
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes to our eventfd; a full counter (EAGAIN) already means "wake".
-    unsafe { libc::write(efd, &one as *const u64 as *const c_void, 8) };
-}
-
-/// Thread side: `ex` has events for the loop.
-pub fn wake(ex: Arc<Exchange>) {
-    let Some(s) = SHARED.get() else { return };
-    let mut inbox = s.inbox.lock().unwrap_or_else(|e| e.into_inner());
-    let first = inbox.0.is_empty() && inbox.1.is_empty();
-    inbox.0.push(ex);
-    drop(inbox);
-    if first {
-        signal(s.efd.load(Ordering::Acquire));
-    }
-}
-
-/// Thread side: a message for the worker's log. False when there is no bridge (the caller
-/// then writes it itself).
-pub fn log_later(level: u32, msg: &str) -> bool {
-    let Some(s) = SHARED.get() else { return false };
-    let mut inbox = s.inbox.lock().unwrap_or_else(|e| e.into_inner());
-    let first = inbox.0.is_empty() && inbox.1.is_empty();
-    inbox.1.push((level, msg.to_string()));
-    drop(inbox);
-    if first {
-        signal(s.efd.load(Ordering::Acquire));
-    }
-    true
-}
-
-/// Registers the eventfd with this worker's event loop.
-///
-/// # Safety
-/// Call once, from `init_process`, on the worker's event loop thread.
-pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
-    // SAFETY: plain syscalls, then nginx's own connection and event calls on its loop thread.
-    unsafe {
-        let efd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
-        if efd < 0 {
-            return Err(format!("eventfd() failed: {}", std::io::Error::last_os_error()));
-        }
-        let c = ngx_get_connection(efd, (*cycle).log);
-        if c.is_null() {
-            libc::close(efd);
-            return Err("no free connection for the wake-up eventfd".into());
-        }
-        let rev = (*c).read;
-        (*rev).handler = Some(on_wake);
-        (*rev).log = (*cycle).log;
-        (*(*c).write).log = (*cycle).log;
-        (*c).log = (*cycle).log;
-        if ngx_handle_read_event(rev, 0) != 0 {
-            return Err("cannot add the wake-up eventfd to the event loop".into());
-        }
-        let _ = SHARED.set(Shared { efd: AtomicI32::new(efd), inbox: Mutex::new((Vec::new(), Vec::new())) });
-        CONN.store(c, Ordering::Release);
-    }
-    Ok(())
-}
-
-/// Closes the eventfd connection (at worker exit, after the threads stopped), so nginx
-/// does not find it open; messages still queued are logged.
-pub fn stop() {
-    let c = CONN.swap(ptr::null_mut(), Ordering::AcqRel);
-    if c.is_null() {
-        return;
-    }
-    if let Some(s) = SHARED.get() {
-        s.efd.store(-1, Ordering::Release);
-        let logs = std::mem::take(&mut s.inbox.lock().unwrap_or_else(|e| e.into_inner()).1);
-        for (level, msg) in logs {
-            Log::cycle().write_direct(level, &msg);
-        }
-    }
-    // SAFETY: our own connection, on the loop thread; closing it also closes the eventfd.
-    unsafe { ngx::ffi::ngx_close_connection(c) };
-}
-
-extern "C" fn on_wake(ev: *mut ngx_event_t) {
-    let Some(s) = SHARED.get() else { return };
-    let mut count: u64 = 0;
-    // SAFETY: draining our nonblocking eventfd.
-    unsafe { libc::read(s.efd.load(Ordering::Acquire), &mut count as *mut u64 as *mut c_void, 8) };
-    let (exchanges, logs) = {
-        let mut inbox = s.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        (std::mem::take(&mut inbox.0), std::mem::take(&mut inbox.1))
-    };
-    for (level, msg) in logs {
-        Log::cycle().write_direct(level, &msg);
-    }
-    for ex in exchanges {
-        ex.unschedule();
-        let ls = ex.loop_state.load(Ordering::Acquire) as *mut LoopState;
-        if ls.is_null() {
+/// An exchange has news: pump it into its request, or drain it if the request is over.
+fn deliver(ex: &Arc<Exchange>) {
+    let ls = STATES.with(|m| m.borrow().get(&ex.id).copied());
+    match ls {
+        None => {
             // The request is over (timed out): drain what the thread still sends.
             while let Some(ev) = ex.pop() {
                 if let Event::Log(level, msg) = ev {
                     Log::cycle().write_direct(level, &format!("{msg} (after {} ended)", ex.what));
                 }
             }
-        } else {
-            // SAFETY: a non-null loop state is live until the request's last step (below)
-            // or its cleanup clears it, both on this thread. Requests posted meanwhile (a
-            // termination) run here, as nginx's own event handlers do.
-            unsafe {
-                let c = (*(*ls).r).connection;
-                pump(ls);
-                ngx_http_run_posted_requests(c);
-            }
         }
+        // SAFETY: a registered loop state is live until the request's last step or its
+        // cleanup removes it, both on this thread. Requests posted meanwhile (a termination)
+        // run here, as nginx's own event handlers do.
+        Some(ls) => unsafe {
+            let c = (*(*ls).r).connection;
+            pump(ls);
+            ngx_http_run_posted_requests(c);
+        },
     }
-    // SAFETY: the read event of our eventfd connection.
-    unsafe { ngx_handle_read_event(ev, 0) };
 }
 
 /// Body bytes sent through the filters in one pass at most.
@@ -263,11 +161,11 @@ unsafe fn attach(r: *mut ngx_http_request_t, ls: *mut LoopState) -> bool {
 /// `r` is a live request in its body-read post handler, on the event loop thread.
 pub unsafe fn dispatch(
     r: *mut ngx_http_request_t,
-    job: crate::pool::Job,
+    job: crate::python::pool::Job,
     app_name: &'static str,
     timeout: ngx_msec_t,
 ) -> Option<ngx_int_t> {
-    let Some(pool) = crate::pool::get() else {
+    let Some(pool) = crate::python::pool::get() else {
         return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
     let ex = job.ex.clone();
@@ -279,7 +177,7 @@ pub unsafe fn dispatch(
     if !unsafe { attach(r, ls) } {
         return Some(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     }
-    ex.loop_state.store(ls as *mut c_void, Ordering::Release);
+    STATES.with(|m| m.borrow_mut().insert(ex.id, ls));
 
     if let Err(_job) = pool.try_submit(job) {
         log.write_direct(
@@ -295,7 +193,7 @@ pub unsafe fn dispatch(
             (*ls).finished = true;
             set_ctx(r, ptr::null_mut());
         }
-        ex.loop_state.store(ptr::null_mut(), Ordering::Release);
+        STATES.with(|m| m.borrow_mut().remove(&ex.id));
         return Some(ngx::ffi::NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
 
@@ -395,7 +293,7 @@ unsafe fn step_inline(ls: *mut LoopState) {
         }
         Step::Done(outcome) => {
             let t = *app_time;
-            crate::worker::request_done(Some(t));
+            crate::nginx::recycle::request_done(Some(t));
             // SAFETY: the final step; `ls` must not be used after it.
             unsafe { complete(ls, outcome) };
         }
@@ -470,7 +368,7 @@ unsafe fn pump(ls: *mut LoopState) {
                 }
             }
             Event::Done(outcome, app_time) => {
-                crate::worker::request_done(Some(app_time));
+                crate::nginx::recycle::request_done(Some(app_time));
                 // SAFETY: the final step; `ls` must not be used after it.
                 unsafe { complete(ls, outcome) };
                 return;
@@ -490,27 +388,11 @@ fn progress(s: &mut LoopState) {
     }
 }
 
-fn send_conf(r: &ngx_http_request_t) -> (usize, ngx_msec_t) {
-    NgxHttpCoreModule::location_conf(r).map(|c| (c.send_lowat, c.send_timeout)).unwrap_or((0, 60000))
-}
-
-/// Waits for the connection to drain, as `ngx_http_set_write_handler` does.
+/// Waits for the connection to drain (`nginx/writer.rs`).
 unsafe fn arm_write(s: &mut LoopState) {
-    // SAFETY: the live request and its connection's write event.
-    unsafe {
-        let r = &mut *s.r;
-        r.write_event_handler = Some(on_write);
-        let wev = (*r.connection).write;
-        if (*wev).ready() != 0 && (*wev).delayed() != 0 {
-            return;
-        }
-        let (lowat, send_timeout) = send_conf(r);
-        if (*wev).delayed() == 0 {
-            ngx_add_timer(wev, send_timeout);
-        }
-        if ngx_handle_write_event(wev, lowat) != 0 {
-            abort(s);
-        }
+    // SAFETY: the live request of a live loop state.
+    if !unsafe { writer::wait(s.r, on_write) } {
+        abort(s);
     }
 }
 
@@ -521,9 +403,9 @@ fn abort(s: &mut LoopState) {
     }
 }
 
-/// `r->write_event_handler` while output waits, modelled on `ngx_http_writer`: flush, and
-/// once nginx holds nothing more, move the response on.
-extern "C" fn on_write(r: *mut ngx_http_request_t) {
+/// `r->write_event_handler` while output waits: once nginx holds nothing more, move the
+/// response on.
+unsafe extern "C" fn on_write(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this with the live request whose ctx we set.
     unsafe {
         let ls = get_ctx(r);
@@ -531,53 +413,19 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
             return;
         }
         let s = &mut *ls;
-        let c = (*r).connection;
-        let wev = (*c).write;
-        if (*wev).timedout() != 0 {
-            request_log(r).write_direct(NGX_LOG_INFO, "client timed out while sending wsgi response");
-            (*c).set_timedout(1);
-            abort(s);
-            s.waiting_write = false;
-            resume(ls);
-            return;
-        }
-        let (lowat, send_timeout) = send_conf(&*r);
-        if (*wev).delayed() != 0 || (*r).aio() != 0 {
-            // limit_rate (or aio) holds the output: its own timer resumes it.
-            if (*wev).delayed() == 0 {
-                ngx_add_timer(wev, send_timeout);
+        match writer::on_event(r) {
+            Drain::Waiting => return,
+            Drain::Drained => {
+                (*r).write_event_handler = Some(ngx_http_request_empty_handler);
+                progress(s);
             }
-            if ngx_handle_write_event(wev, lowat) != 0 {
+            Drain::TimedOut => {
+                request_log(r).write_direct(NGX_LOG_INFO, "client timed out while sending wsgi response");
                 abort(s);
-                s.waiting_write = false;
-                resume(ls);
             }
-            return;
-        }
-        let rc = ngx_http_output_filter(r, ptr::null_mut());
-        if rc == NGX_ERROR as ngx_int_t || (*c).error() != 0 {
-            abort(s);
-            s.waiting_write = false;
-            resume(ls);
-            return;
-        }
-        if output_busy(r) {
-            if (*wev).delayed() == 0 {
-                ngx_add_timer(wev, send_timeout);
-            }
-            if ngx_handle_write_event(wev, lowat) != 0 {
-                abort(s);
-                s.waiting_write = false;
-                resume(ls);
-            }
-            return;
-        }
-        if (*wev).timer_set() != 0 && (*wev).delayed() == 0 {
-            ngx_del_timer(wev);
+            Drain::Failed => abort(s),
         }
         s.waiting_write = false;
-        (*r).write_event_handler = Some(ngx_http_request_empty_handler);
-        progress(s);
         resume(ls);
     }
 }
@@ -618,7 +466,7 @@ unsafe fn release(s: &mut LoopState) {
         }
         s.finished = true;
         if let Work::Thread { ex, .. } = &s.work {
-            ex.loop_state.store(ptr::null_mut(), Ordering::Release);
+            STATES.with(|m| m.borrow_mut().remove(&ex.id));
             let main = &mut *(*s.r).main;
             main.set_blocked(main.blocked().saturating_sub(1));
         }
@@ -645,10 +493,10 @@ extern "C" fn on_timeout(ev: *mut ngx_event_t) {
         let answer = if s.headers_sent { "response cut" } else { "answered with 504" };
         request_log(r).write_direct(NGX_LOG_ERR, &format!("{message}, {answer}"));
         ex.cancel();
-        if let Some(pool) = crate::pool::get() {
+        if let Some(pool) = crate::python::pool::get() {
             pool.interrupt(ex.clone(), message);
         }
-        crate::worker::request_done(None);
+        crate::nginx::recycle::request_done(None);
         let rc = if s.headers_sent || s.cleaned || s.aborted {
             NGX_ERROR as ngx_int_t
         } else {
@@ -685,7 +533,7 @@ extern "C" fn cleanup(data: *mut c_void) {
                 if let Some(run) = running.take() {
                     Python::attach(|py| run.abandon(py));
                 }
-                crate::worker::request_done(None);
+                crate::nginx::recycle::request_done(None);
                 set_ctx(s.r, ptr::null_mut());
                 drop(Box::from_raw(ls));
             }

@@ -17,15 +17,15 @@ use pyo3::prelude::*;
 
 use std::sync::Arc;
 
-use crate::interp::{self, Worker};
 use crate::log::{Log, LogWrite};
-use crate::output::{self, NgxSink};
-use crate::request::RequestParts;
-use crate::wsgi::{self, Outcome, Step};
+use crate::nginx::output::{self, NgxSink};
+use crate::python::interp::{self, Worker};
+use crate::python::parts::RequestParts;
+use crate::python::wsgi::{self, Outcome, Step};
 use crate::Module;
 
 /// `clcf->handler` of every location with `wsgi_app`.
-pub extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub(crate) extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let log = unsafe { (*(*r).connection).log };
     ngx_log_debug!(log, "wsgi handler");
@@ -41,9 +41,9 @@ pub extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// Runs once the body has been read; finalizes the request exactly once (here, or later
 /// from the bridge when the response continues on a Python thread or waits for the client).
 extern "C" fn body_read(r: *mut ngx_http_request_t) {
-    let rc = if crate::pool::get().is_some() {
+    let rc = if crate::python::pool::get().is_some() {
         dispatch(r)
-    } else if crate::pool::threaded() && interp::worker().is_some() {
+    } else if crate::python::pool::threaded() && interp::worker().is_some() {
         // SAFETY: the connection log of the live request.
         let log = unsafe { Log::from_ptr((*(*r).connection).log) };
         log.error("wsgi: no python threads in this worker (see the errors at worker start), request refused with 503");
@@ -72,7 +72,7 @@ fn prepare(r: *mut ngx_http_request_t) -> Option<(&'static Worker, usize, u64, R
     let app = lcf.app?;
     let timeout = lcf.timeout_ms();
     // SAFETY: the body has been read (we are its post handler).
-    let parts = unsafe { RequestParts::capture(r) };
+    let parts = unsafe { crate::nginx::request::capture(r) };
     Some((worker, app, timeout, parts))
 }
 
@@ -88,7 +88,7 @@ fn dispatch(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
     );
     // SAFETY: a live request on its loop thread.
     let no_body = unsafe { (*r).header_only() != 0 } || parts.method == b"HEAD";
-    let job = crate::pool::Job { ex: crate::exchange::Exchange::new(what), parts, app, no_body };
+    let job = crate::python::pool::Job { ex: crate::python::exchange::Exchange::new(what), parts, app, no_body };
     // SAFETY: the post handler of a live request on its loop thread.
     unsafe { crate::bridge::dispatch(r, job, &worker.apps[app].name, timeout as ngx::ffi::ngx_msec_t) }
 }
@@ -119,7 +119,7 @@ fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
         (Step::Done(outcome), _) => outcome,
         (Step::Pause, None) => Outcome::FailedEarly,
     };
-    crate::worker::request_done(Some(app_time));
+    crate::nginx::recycle::request_done(Some(app_time));
     Some(match outcome {
         // SAFETY: the header was sent for a complete response.
         Outcome::Complete { short } => unsafe { output::finish(r, short) },
