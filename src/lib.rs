@@ -9,8 +9,8 @@ use core::ffi::c_void;
 use core::ptr::addr_of;
 
 use ngx::ffi::{
-    ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
-    ngx_uint_t, NGX_HTTP_MODULE,
+    ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
+    NGX_HTTP_MODULE,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
@@ -108,14 +108,21 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: the cycle log outlives the worker.
     let cycle_log = unsafe { log::Log::from_ptr(cycle.log) };
     if let Err(e) = &bridged {
-        cycle_log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: wake-up channel not started: {e}"));
+        cycle_log.write_direct(
+            ngx::ffi::NGX_LOG_ALERT,
+            &format!("wsgi: wake-up channel not started: {e}"),
+        );
     }
     interp::start_worker(mcf, cycle_log);
     if mcf.threads() > 0 && interp::worker().is_some() {
         pool::mark_threaded();
-        let started = bridged.and_then(|()| pool::start(mcf.threads(), mcf.queue()).map_err(|e| e.to_string()));
+        let started = bridged
+            .and_then(|()| pool::start(mcf.threads(), mcf.queue()).map_err(|e| e.to_string()));
         if let Err(e) = started {
-            cycle_log.write_direct(ngx::ffi::NGX_LOG_ALERT, &format!("wsgi: python threads not started: {e}"));
+            cycle_log.write_direct(
+                ngx::ffi::NGX_LOG_ALERT,
+                &format!("wsgi: python threads not started: {e}"),
+            );
         }
     }
     recycle::update_rss();

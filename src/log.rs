@@ -13,7 +13,9 @@ use ngx::ngx_log_error;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-pub use ngx::ffi::{NGX_LOG_ALERT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN};
+pub use ngx::ffi::{
+    NGX_LOG_ALERT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN,
+};
 
 /// nginx cuts a log entry at about 2 KB; longer messages are split into several entries.
 const MAX_ENTRY: usize = 1800;
@@ -25,6 +27,7 @@ pub struct Log(*mut ngx_log_t);
 // messages from other threads to the bridge, which writes them on the loop (without a
 // bridge, they go to fd 2 as plain lines, never through nginx's log from another thread).
 unsafe impl Send for Log {}
+// SAFETY: as for `Send`: shared `Log`s are only dereferenced on the event loop thread.
 unsafe impl Sync for Log {}
 
 static LOOP_THREAD: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
@@ -39,17 +42,23 @@ pub fn set_forwarder(forward: Forward) {
 }
 
 /// The worker's cycle log, cached so that other threads never read `ngx_cycle`.
-static CYCLE_LOG: std::sync::atomic::AtomicPtr<ngx_log_t> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static CYCLE_LOG: std::sync::atomic::AtomicPtr<ngx_log_t> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 /// Records the calling thread as the worker's event loop thread, and its cycle log.
 pub fn set_loop_thread() {
     let _ = LOOP_THREAD.set(std::thread::current().id());
     // SAFETY: called from init_process, on the worker's thread, with `ngx_cycle` set.
-    CYCLE_LOG.store(unsafe { (*ngx_cycle).log }, std::sync::atomic::Ordering::Release);
+    CYCLE_LOG.store(
+        unsafe { (*ngx_cycle).log },
+        std::sync::atomic::Ordering::Release,
+    );
 }
 
 pub fn on_loop_thread() -> bool {
-    LOOP_THREAD.get().is_none_or(|t| *t == std::thread::current().id())
+    LOOP_THREAD
+        .get()
+        .is_none_or(|t| *t == std::thread::current().id())
 }
 
 /// Something that takes log messages: nginx's log directly (on the loop), or a request's
@@ -141,7 +150,6 @@ impl Log {
             ngx_log_error!(level as ngx_uint_t, log, "{}", entry);
         }
     }
-
 }
 
 /// `traceback.format_exception(err)` joined, without the trailing newline; falls back to
@@ -154,7 +162,7 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
             (err.get_type(py), err.value(py), err.traceback(py)),
         )?;
         let joined = PyString::new(py, "").call_method1("join", (lines,))?;
-        Ok(joined.extract::<String>()?)
+        joined.extract::<String>()
     })();
     match formatted {
         Ok(s) => s.trim_end().to_string(),
@@ -176,7 +184,11 @@ pub struct LogStream {
 
 impl LogStream {
     pub fn new(target: Arc<dyn LogWrite>, level: u32) -> LogStream {
-        LogStream { target: Mutex::new(target), level, pending: Mutex::new(String::new()) }
+        LogStream {
+            target: Mutex::new(target),
+            level,
+            pending: Mutex::new(String::new()),
+        }
     }
 
     /// Flushes what is pending and points the stream at the cycle log: called when the
@@ -187,7 +199,11 @@ impl LogStream {
     }
 
     fn emit(&self, text: &str) {
-        let target = self.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let target = self
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         target.write(self.level, text);
     }
 
@@ -202,7 +218,10 @@ impl LogStream {
         let s = s.cast::<PyString>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "write() argument must be str, not {}",
-                s.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                s.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?;
         let text = s.to_cow()?;

@@ -88,7 +88,10 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Claims a slot for this worker.
@@ -98,7 +101,9 @@ pub fn claim(threads: usize) {
     for s in &board.slots {
         let old = s.pid.load(Ordering::Acquire);
         if (old == 0 || (old != me && !alive(old)))
-            && s.pid.compare_exchange(old, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && s.pid
+                .compare_exchange(old, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             s.started.store(unix_now(), Ordering::Relaxed);
             for f in [&s.requests, &s.in_flight, &s.busy, &s.queue, &s.rss] {
@@ -185,8 +190,14 @@ pub fn set_rss(rss: u64) {
 
 /// This process's resident set size, from /proc/self/statm.
 pub fn current_rss() -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    let pages: u64 = text.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(4096) as u64
@@ -224,14 +235,17 @@ fn json_str(s: &str) -> String {
 }
 
 fn opt(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "null".into())
+    v.map(|v| format!("{v:.3}"))
+        .unwrap_or_else(|| "null".into())
 }
 
 /// The `wsgi_status` document.
 pub fn status_json(server: &str) -> String {
     let mut workers = Vec::new();
     let now = unix_now();
-    let recycled = board().map(|b| b.recycled.load(Ordering::Relaxed)).unwrap_or(0);
+    let recycled = board()
+        .map(|b| b.recycled.load(Ordering::Relaxed))
+        .unwrap_or(0);
     if let Some(board) = board() {
         for s in &board.slots {
             let pid = s.pid.load(Ordering::Acquire);
@@ -281,16 +295,24 @@ mod tests {
     fn buckets_and_quantiles() {
         assert_eq!(bucket(Duration::from_micros(1)), 0);
         let b = bucket(Duration::from_millis(10));
-        assert!(bucket_ms(b) >= 10.0 && bucket_ms(b) < 12.0, "{}", bucket_ms(b));
+        assert!(
+            bucket_ms(b) >= 10.0 && bucket_ms(b) < 12.0,
+            "{}",
+            bucket_ms(b)
+        );
         let mut hist = vec![0u64; BUCKETS];
         hist[bucket(Duration::from_micros(100))] = 98;
         hist[bucket(Duration::from_millis(50))] = 2;
         let slow = bucket(Duration::from_secs(300));
-        assert!(bucket_ms(slow) >= 300_000.0 && bucket_ms(slow) < 360_000.0, "{}", bucket_ms(slow));
+        assert!(
+            bucket_ms(slow) >= 300_000.0 && bucket_ms(slow) < 360_000.0,
+            "{}",
+            bucket_ms(slow)
+        );
         let p50 = quantile(&hist, 0.5).unwrap();
         let p99 = quantile(&hist, 0.99).unwrap();
-        assert!(p50 >= 0.1 && p50 < 0.12, "{p50}");
-        assert!(p99 >= 50.0 && p99 < 60.0, "{p99}");
+        assert!((0.1..0.12).contains(&p50), "{p50}");
+        assert!((50.0..60.0).contains(&p99), "{p99}");
         assert_eq!(quantile(&vec![0; BUCKETS], 0.5), None);
     }
 

@@ -27,9 +27,9 @@ use std::sync::Arc;
 
 use ngx::ffi::{
     ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_cleanup_add, ngx_http_finalize_request,
-    ngx_http_request_empty_handler, ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_test_reading,
-    ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_http_request_empty_handler, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY,
+    NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use pyo3::Python;
 
@@ -80,7 +80,10 @@ enum Work {
     /// A Python thread, through the exchange; the loop writes into the request with `sink`.
     Thread { ex: Arc<Exchange>, sink: NgxSink },
     /// The loop itself (inline mode): a paused body, resumed when the client drained.
-    Inline { running: Option<Running>, app_time: std::time::Duration },
+    Inline {
+        running: Option<Running>,
+        app_time: std::time::Duration,
+    },
 }
 
 /// The loop's side of a request whose response is still being produced.
@@ -112,7 +115,12 @@ fn request_log(r: *mut ngx_http_request_t) -> Log {
 }
 
 impl LoopState {
-    fn new(r: *mut ngx_http_request_t, work: Work, app_name: &'static str, timeout: ngx_msec_t) -> *mut LoopState {
+    fn new(
+        r: *mut ngx_http_request_t,
+        work: Work,
+        app_name: &'static str,
+        timeout: ngx_msec_t,
+    ) -> *mut LoopState {
         Box::into_raw(Box::new(LoopState {
             // SAFETY: an all-zero event is nginx's idea of an unused event.
             timer: unsafe { core::mem::zeroed() },
@@ -170,8 +178,11 @@ pub unsafe fn dispatch(
     };
     let ex = job.ex.clone();
     let log = request_log(r);
-    // SAFETY: the sink lives in the loop state, used on this thread while `r` lives.
-    let work = Work::Thread { ex: ex.clone(), sink: unsafe { NgxSink::new(r) } };
+    let work = Work::Thread {
+        ex: ex.clone(),
+        // SAFETY: the sink lives in the loop state, used on this thread while `r` lives.
+        sink: unsafe { NgxSink::new(r) },
+    };
     let ls = LoopState::new(r, work, app_name, timeout);
     // SAFETY: the caller's contract.
     if !unsafe { attach(r, ls) } {
@@ -230,7 +241,15 @@ pub unsafe fn park(
     app_name: &'static str,
     app_time: std::time::Duration,
 ) -> Option<ngx_int_t> {
-    let ls = LoopState::new(r, Work::Inline { running: Some(running), app_time }, app_name, 0);
+    let ls = LoopState::new(
+        r,
+        Work::Inline {
+            running: Some(running),
+            app_time,
+        },
+        app_name,
+        0,
+    );
     // SAFETY: the caller's contract.
     if !unsafe { attach(r, ls) } {
         return Some(NGX_ERROR as ngx_int_t);
@@ -260,7 +279,9 @@ unsafe fn get_ctx(r: *mut ngx_http_request_t) -> *mut LoopState {
 unsafe fn resume(ls: *mut LoopState) {
     // SAFETY: the caller passes a live loop state.
     match unsafe { &(*ls).work } {
+        // SAFETY: the caller's live loop state, passed on.
         Work::Thread { .. } => unsafe { pump(ls) },
+        // SAFETY: as above.
         Work::Inline { .. } => unsafe { step_inline(ls) },
     }
 }
@@ -269,8 +290,12 @@ unsafe fn resume(ls: *mut LoopState) {
 unsafe fn step_inline(ls: *mut LoopState) {
     // SAFETY: a live loop state whose request is live.
     let s = unsafe { &mut *ls };
-    let Work::Inline { running, app_time } = &mut s.work else { return };
-    let Some(mut run) = running.take() else { return };
+    let Work::Inline { running, app_time } = &mut s.work else {
+        return;
+    };
+    let Some(mut run) = running.take() else {
+        return;
+    };
     let step = if s.aborted {
         Python::attach(|py| run.abandon(py));
         Step::Done(Outcome::ClientGone)
@@ -304,7 +329,9 @@ unsafe fn step_inline(ls: *mut LoopState) {
 unsafe fn pump(ls: *mut LoopState) {
     // SAFETY: the caller passes a live loop state whose request is live.
     let s = unsafe { &mut *ls };
-    let Work::Thread { ex, sink } = &mut s.work else { return };
+    let Work::Thread { ex, sink } = &mut s.work else {
+        return;
+    };
     let ex = ex.clone();
     // The sink lives in the loop state, apart from the flags `abort`/`progress` touch.
     let sink: *mut NgxSink = sink;
@@ -420,7 +447,8 @@ unsafe extern "C" fn on_write(r: *mut ngx_http_request_t) {
                 progress(s);
             }
             Drain::TimedOut => {
-                request_log(r).write_direct(NGX_LOG_INFO, "client timed out while sending wsgi response");
+                request_log(r)
+                    .write_direct(NGX_LOG_INFO, "client timed out while sending wsgi response");
                 abort(s);
             }
             Drain::Failed => abort(s),
@@ -444,7 +472,9 @@ unsafe fn complete(ls: *mut LoopState, outcome: Outcome) {
             match outcome {
                 // What nginx could not send yet, its own writer sends after finalize.
                 Outcome::Complete { short } => output::finish(r, short),
-                Outcome::FailedEarly if !s.headers_sent => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+                Outcome::FailedEarly if !s.headers_sent => {
+                    NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+                }
                 Outcome::Refused if !s.headers_sent => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
                 _ => NGX_ERROR as ngx_int_t,
             }
@@ -483,14 +513,20 @@ extern "C" fn on_timeout(ev: *mut ngx_event_t) {
         let ls = ev as *mut LoopState;
         let s = &mut *ls;
         let r = s.r;
-        let Work::Thread { ex, .. } = &s.work else { return };
+        let Work::Thread { ex, .. } = &s.work else {
+            return;
+        };
         let ex = ex.clone();
         let secs = s.timeout as f64 / 1000.0;
         let message = format!(
             "wsgi app \"{}\" timed out after {secs}s while handling \"{}\"",
             s.app_name, ex.what
         );
-        let answer = if s.headers_sent { "response cut" } else { "answered with 504" };
+        let answer = if s.headers_sent {
+            "response cut"
+        } else {
+            "answered with 504"
+        };
         request_log(r).write_direct(NGX_LOG_ERR, &format!("{message}, {answer}"));
         ex.cancel();
         if let Some(pool) = crate::python::pool::get() {

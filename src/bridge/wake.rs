@@ -9,16 +9,21 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ngx::ffi::{ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection, ngx_handle_read_event};
+use ngx::ffi::{
+    ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection, ngx_handle_read_event,
+};
 
 use crate::log::Log;
 use crate::python::exchange::Exchange;
+
+/// Exchanges with news, and log lines (level, text) from threads.
+type Inbox = (Vec<Arc<Exchange>>, Vec<(u32, String)>);
 
 struct Shared {
     /// -1 once the bridge is stopped.
     efd: AtomicI32,
     /// Exchanges with news, and log lines from threads.
-    inbox: Mutex<(Vec<Arc<Exchange>>, Vec<(u32, String)>)>,
+    inbox: Mutex<Inbox>,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
@@ -70,7 +75,10 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     unsafe {
         let efd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
         if efd < 0 {
-            return Err(format!("eventfd() failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "eventfd() failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let c = ngx_get_connection(efd, (*cycle).log);
         if c.is_null() {
@@ -85,7 +93,10 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
         if ngx_handle_read_event(rev, 0) != 0 {
             return Err("cannot add the wake-up eventfd to the event loop".into());
         }
-        let _ = SHARED.set(Shared { efd: AtomicI32::new(efd), inbox: Mutex::new((Vec::new(), Vec::new())) });
+        let _ = SHARED.set(Shared {
+            efd: AtomicI32::new(efd),
+            inbox: Mutex::new((Vec::new(), Vec::new())),
+        });
         CONN.store(c, Ordering::Release);
     }
     // From here on, exchanges and log lines of other threads come through the channel.
@@ -116,7 +127,13 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     let Some(s) = SHARED.get() else { return };
     let mut count: u64 = 0;
     // SAFETY: draining our nonblocking eventfd.
-    unsafe { libc::read(s.efd.load(Ordering::Acquire), &mut count as *mut u64 as *mut c_void, 8) };
+    unsafe {
+        libc::read(
+            s.efd.load(Ordering::Acquire),
+            &mut count as *mut u64 as *mut c_void,
+            8,
+        )
+    };
     let (exchanges, logs) = {
         let mut inbox = s.inbox.lock().unwrap_or_else(|e| e.into_inner());
         (std::mem::take(&mut inbox.0), std::mem::take(&mut inbox.1))
@@ -131,4 +148,3 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     // SAFETY: the read event of our eventfd connection.
     unsafe { ngx_handle_read_event(ev, 0) };
 }
-

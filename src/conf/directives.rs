@@ -15,7 +15,6 @@ use super::parse::*;
 use super::{AppSource, LocConf, MainConf};
 use crate::Module;
 
-
 /// The directive's arguments, `args[0]` being its name.
 ///
 /// # Safety
@@ -24,6 +23,7 @@ unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a str> {
     // SAFETY: during a directive handler `cf->args` is an array of `ngx_str_t` that lives in
     // the configuration pool for the whole parse.
     let arr = unsafe { &*(*cf).args };
+    // SAFETY: the array holds `nelts` initialised `ngx_str_t` values.
     let elts = unsafe { core::slice::from_raw_parts(arr.elts as *const ngx_str_t, arr.nelts) };
     // Non-UTF-8 arguments are turned into an empty string, which every handler rejects.
     elts.iter()
@@ -43,7 +43,10 @@ unsafe fn prefix(cf: *mut ngx_conf_t) -> PathBuf {
 
 /// `ngx_parse_time` of a directive value, in milliseconds.
 fn nginx_time_ms(value: &str) -> Result<u64, String> {
-    let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+    let mut text = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr() as *mut u8,
+    };
     // SAFETY: nginx's parser only reads the `len` bytes `text` points at.
     let ms = unsafe { ngx::ffi::ngx_parse_time(&mut text, 0) };
     if ms < 0 {
@@ -54,7 +57,10 @@ fn nginx_time_ms(value: &str) -> Result<u64, String> {
 
 /// `ngx_parse_size` of a directive value, in bytes.
 fn nginx_size(value: &str) -> Result<u64, String> {
-    let mut text = ngx_str_t { len: value.len(), data: value.as_ptr() as *mut u8 };
+    let mut text = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr() as *mut u8,
+    };
     // SAFETY: nginx's parser only reads the `len` bytes `text` points at.
     let n = unsafe { ngx::ffi::ngx_parse_size(&mut text) };
     if n < 0 {
@@ -76,18 +82,27 @@ fn conf_error() -> *mut c_char {
     NGX_CONF_ERROR as *mut c_char
 }
 
-pub(super) extern "C" fn set_app(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_app(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx calls directive handlers with the parse state and this module's location
     // configuration (NGX_HTTP_LOC_CONF_OFFSET), which `create_loc_conf` made a `LocConf`.
     let lcf = unsafe { &mut *(conf as *mut LocConf) };
     if lcf.app.is_some() {
         return duplicate();
     }
+    // SAFETY: a directive handler's parse state; TAKE1 gives one argument after the name.
     let (value, prefix) = unsafe { (args(cf)[1], prefix(cf)) };
     let spec = match parse_app_spec(value, &prefix) {
         Ok(spec) => spec,
         Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid \"wsgi_app\" value \"{value}\": {e}");
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid \"wsgi_app\" value \"{value}\": {e}"
+            );
             return conf_error();
         }
     };
@@ -146,6 +161,7 @@ pub(super) extern "C" fn set_script_name(
     if lcf.script_name_set {
         return duplicate();
     }
+    // SAFETY: a directive handler's parse state; TAKE1 gives one argument after the name.
     let value = unsafe { args(cf)[1] };
     match parse_script_name(value) {
         Ok(s) => {
@@ -170,6 +186,7 @@ pub(super) extern "C" fn set_python_home(
     if mcf.python_home.is_some() {
         return duplicate();
     }
+    // SAFETY: a directive handler's parse state; TAKE1 gives one argument after the name.
     let (value, prefix) = unsafe { (args(cf)[1], prefix(cf)) };
     let dir = prefix.join(value);
     if !dir.is_dir() {
@@ -196,10 +213,15 @@ pub(super) extern "C" fn set_python_path(
 ) -> *mut c_char {
     // SAFETY: as in `set_python_home`.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
+    // SAFETY: a directive handler's parse state.
     let (values, prefix) = unsafe { (args(cf), prefix(cf)) };
     for value in &values[1..] {
         if value.is_empty() {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid empty \"wsgi_python_path\" value");
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid empty \"wsgi_python_path\" value"
+            );
             return conf_error();
         }
         mcf.python_path.push(prefix.join(value));
@@ -223,7 +245,7 @@ fn set_once<T>(
     if slot.is_some() {
         return duplicate();
     }
-    // SAFETY: called from a directive handler with its parse state.
+    // SAFETY: called from a directive handler with its parse state (one argument).
     let value = unsafe { args(cf)[1] };
     match parse(value) {
         Ok(v) => {
@@ -234,84 +256,154 @@ fn set_once<T>(
     }
 }
 
-pub(super) extern "C" fn set_threads(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_threads(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    set_once(cf, "wsgi_threads", &mut mcf.threads, |v| parse_count(v, 4096))
+    set_once(cf, "wsgi_threads", &mut mcf.threads, |v| {
+        parse_count(v, 4096)
+    })
 }
 
-pub(super) extern "C" fn set_queue(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_queue(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    set_once(cf, "wsgi_queue", &mut mcf.queue, |v| parse_count(v, 1_000_000))
+    set_once(cf, "wsgi_queue", &mut mcf.queue, |v| {
+        parse_count(v, 1_000_000)
+    })
 }
 
-pub(super) extern "C" fn set_timeout(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location configuration.
     let lcf = unsafe { &mut *(conf as *mut LocConf) };
     set_once(cf, "wsgi_timeout", &mut lcf.timeout_ms, nginx_time_ms)
 }
 
-pub(super) extern "C" fn set_max_header_size(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_max_header_size(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location configuration.
     let lcf = unsafe { &mut *(conf as *mut LocConf) };
-    set_once(cf, "wsgi_max_header_size", &mut lcf.max_header_size, |v| match nginx_size(v)? {
-        n if n >= 1024 && n <= (1 << 30) => Ok(n as usize),
-        _ => Err(format!("\"{v}\": between 1k and 1g")),
-    })
+    set_once(
+        cf,
+        "wsgi_max_header_size",
+        &mut lcf.max_header_size,
+        |v| match nginx_size(v)? {
+            n if (1024..=(1 << 30)).contains(&n) => Ok(n as usize),
+            _ => Err(format!("\"{v}\": between 1k and 1g")),
+        },
+    )
 }
 
-pub(super) extern "C" fn set_max_requests(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_max_requests(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
     if mcf.max_requests.is_some() {
         return duplicate();
     }
+    // SAFETY: a directive handler's parse state.
     let values = unsafe { args(cf) };
     let n = match values[1].parse::<u64>() {
         Ok(n) if n > 0 => n,
-        _ => return emerg(cf, format!("invalid \"wsgi_max_requests\" value \"{}\"", values[1])),
+        _ => {
+            return emerg(
+                cf,
+                format!("invalid \"wsgi_max_requests\" value \"{}\"", values[1]),
+            )
+        }
     };
     let jitter = match values.get(2).map(|j| j.parse::<u64>()) {
         None => 0,
         Some(Ok(j)) => j,
-        Some(Err(_)) => return emerg(cf, format!("invalid \"wsgi_max_requests\" jitter \"{}\"", values[2])),
+        Some(Err(_)) => {
+            return emerg(
+                cf,
+                format!("invalid \"wsgi_max_requests\" jitter \"{}\"", values[2]),
+            )
+        }
     };
     mcf.max_requests = Some((n, jitter));
     conf_ok()
 }
 
-pub(super) extern "C" fn set_max_rss(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_max_rss(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    set_once(cf, "wsgi_max_rss", &mut mcf.max_rss, |v| match nginx_size(v)? {
-        0 => Err("\"0\"".into()),
-        n => Ok(n),
-    })
+    set_once(
+        cf,
+        "wsgi_max_rss",
+        &mut mcf.max_rss,
+        |v| match nginx_size(v)? {
+            0 => Err("\"0\"".into()),
+            n => Ok(n),
+        },
+    )
 }
 
-pub(super) extern "C" fn set_max_lifetime(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_max_lifetime(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
-    set_once(cf, "wsgi_max_lifetime", &mut mcf.max_lifetime_ms, |v| match nginx_time_ms(v)? {
-        ms if ms >= 1000 => Ok(ms),
-        _ => Err(format!("\"{v}\": at least 1s")),
-    })
+    set_once(
+        cf,
+        "wsgi_max_lifetime",
+        &mut mcf.max_lifetime_ms,
+        |v| match nginx_time_ms(v)? {
+            ms if ms >= 1000 => Ok(ms),
+            _ => Err(format!("\"{v}\": at least 1s")),
+        },
+    )
 }
 
-pub(super) extern "C" fn set_worker_start(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_worker_start(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
     set_once(cf, "wsgi_worker_start", &mut mcf.worker_start, parse_hook)
 }
 
-pub(super) extern "C" fn set_worker_stop(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_worker_stop(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
     set_once(cf, "wsgi_worker_stop", &mut mcf.worker_stop, parse_hook)
 }
 
-pub(super) extern "C" fn set_status(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
+pub(super) extern "C" fn set_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: the http main configuration exists while locations are parsed.
     let Some(mcf) = (unsafe { Module::main_conf_mut(&*cf) }) else {
         return conf_error();
@@ -327,7 +419,7 @@ pub(super) extern "C" fn set_status(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
 
 /// `init_main_conf`: creates the status zone once the http block is parsed, if any location
 /// uses the module.
-pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+pub(crate) extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's main configuration.
     let mcf = unsafe { &mut *(conf as *mut MainConf) };
     if mcf.apps.is_empty() && !mcf.status_used {
@@ -342,4 +434,3 @@ pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut
         None => conf_error(),
     }
 }
-

@@ -142,12 +142,23 @@ const fn command(
     name: &'static core::ffi::CStr,
     where_: u32,
     args: u32,
-    set: unsafe extern "C" fn(*mut ngx::ffi::ngx_conf_t, *mut ngx_command_t, *mut core::ffi::c_void) -> *mut core::ffi::c_char,
+    set: unsafe extern "C" fn(
+        *mut ngx::ffi::ngx_conf_t,
+        *mut ngx_command_t,
+        *mut core::ffi::c_void,
+    ) -> *mut core::ffi::c_char,
 ) -> ngx_command_t {
-    let conf = if where_ == MAIN { NGX_HTTP_MAIN_CONF_OFFSET } else { NGX_HTTP_LOC_CONF_OFFSET };
+    let conf = if where_ == MAIN {
+        NGX_HTTP_MAIN_CONF_OFFSET
+    } else {
+        NGX_HTTP_LOC_CONF_OFFSET
+    };
     ngx_command_t {
         // NUL-terminated: nginx compares names with strcmp.
-        name: ngx::ffi::ngx_str_t { len: name.to_bytes().len(), data: name.as_ptr() as *mut u8 },
+        name: ngx::ffi::ngx_str_t {
+            len: name.to_bytes().len(),
+            data: name.as_ptr() as *mut u8,
+        },
         type_: (where_ | args) as ngx_uint_t,
         set: Some(set),
         conf,

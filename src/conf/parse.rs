@@ -6,7 +6,6 @@ use std::path::Path;
 
 use super::{AppSource, AppSpec};
 
-
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
@@ -35,7 +34,11 @@ pub fn parse_app_spec(value: &str, prefix: &Path) -> Result<AppSpec, String> {
             parse_call_args(args)?;
             (&value[..open], Some(args.to_string()))
         }
-        Some(_) => return Err(format!("invalid application \"{value}\": a factory call must end with \")\"")),
+        Some(_) => {
+            return Err(format!(
+                "invalid application \"{value}\": a factory call must end with \")\""
+            ))
+        }
         None => (value, None),
     };
     let (target, callable) = match head.rsplit_once(':') {
@@ -43,18 +46,34 @@ pub fn parse_app_spec(value: &str, prefix: &Path) -> Result<AppSpec, String> {
         Some((_, c)) if !head.contains('/') || factory_args.is_some() => {
             return Err(format!("invalid callable name \"{c}\""));
         }
-        _ if factory_args.is_some() => return Err(format!("invalid application \"{value}\": a factory needs MODULE:NAME(...)")),
+        _ if factory_args.is_some() => {
+            return Err(format!(
+                "invalid application \"{value}\": a factory needs MODULE:NAME(...)"
+            ))
+        }
         _ => (head, "application".to_string()),
     };
     if target.contains('/') || target.ends_with(".py") {
         let path = Path::new(target);
-        let path = if path.is_absolute() { path.to_path_buf() } else { prefix.join(path) };
-        return Ok(AppSpec { source: AppSource::Script(path), callable, factory_args });
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            prefix.join(path)
+        };
+        return Ok(AppSpec {
+            source: AppSource::Script(path),
+            callable,
+            factory_args,
+        });
     }
     if !is_dotted_name(target) {
         return Err(format!("invalid module name \"{target}\""));
     }
-    Ok(AppSpec { source: AppSource::Module(target.to_string()), callable, factory_args })
+    Ok(AppSpec {
+        source: AppSource::Module(target.to_string()),
+        callable,
+        factory_args,
+    })
 }
 
 /// Checks `(arg, ..., name=arg)` where every argument is a Python literal: a string, a
@@ -114,14 +133,19 @@ pub fn parse_call_args(text: &str) -> Result<(), String> {
             Some(c) if c.is_ascii_digit() || *c == b'-' || *c == b'+' || *c == b'.' => {
                 let start = i;
                 i += 1;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_'
-                    || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'.'
+                        || b[i] == b'_'
+                        || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
                 {
                     i += 1;
                 }
                 let num = text[start..i].replace('_', "");
                 let digits = num.trim_start_matches(['+', '-']);
-                let hex = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X"));
+                let hex = digits
+                    .strip_prefix("0x")
+                    .or_else(|| digits.strip_prefix("0X"));
                 let valid = match hex {
                     Some(h) => u64::from_str_radix(h, 16).is_ok(),
                     None => num.parse::<f64>().is_ok() && !digits.starts_with(['i', 'n', 'I', 'N']),
@@ -136,7 +160,9 @@ pub fn parse_call_args(text: &str) -> Result<(), String> {
                     i += 1;
                 }
                 if !matches!(&text[start..i], "True" | "False" | "None") {
-                    return Err(bad("only literals (strings, numbers, True, False, None) may be passed"));
+                    return Err(bad(
+                        "only literals (strings, numbers, True, False, None) may be passed",
+                    ));
                 }
             }
         }
@@ -160,7 +186,9 @@ pub fn parse_call_args(text: &str) -> Result<(), String> {
 /// or virtualenv's `version_info = 3.12.1.final.0`).
 pub fn venv_python_version(cfg: &str) -> Option<(u32, u32)> {
     for line in cfg.lines() {
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         if matches!(key.trim(), "version" | "version_info") {
             let mut parts = value.trim().split('.');
             let major = parts.next()?.parse().ok()?;
@@ -174,8 +202,12 @@ pub fn venv_python_version(cfg: &str) -> Option<(u32, u32)> {
 /// Refuses a virtualenv made from another Python than the one this module embeds: its
 /// packages (and C extensions) are for that Python, and would fail in confusing ways.
 pub fn check_venv_version(home: &Path, embedded: (u32, u32)) -> Result<(), String> {
-    let Ok(cfg) = std::fs::read_to_string(home.join("pyvenv.cfg")) else { return Ok(()) };
-    let Some((major, minor)) = venv_python_version(&cfg) else { return Ok(()) };
+    let Ok(cfg) = std::fs::read_to_string(home.join("pyvenv.cfg")) else {
+        return Ok(());
+    };
+    let Some((major, minor)) = venv_python_version(&cfg) else {
+        return Ok(());
+    };
     let (emajor, eminor) = embedded;
     if (major, minor) != (emajor, eminor) {
         return Err(format!(
@@ -202,7 +234,9 @@ pub fn parse_script_name(value: &str) -> Result<String, String> {
 /// Parses `module:callable` for the worker hooks.
 pub fn parse_hook(value: &str) -> Result<(String, String), String> {
     match value.split_once(':') {
-        Some((m, c)) if is_dotted_name(m) && is_dotted_name(c) => Ok((m.to_string(), c.to_string())),
+        Some((m, c)) if is_dotted_name(m) && is_dotted_name(c) => {
+            Ok((m.to_string(), c.to_string()))
+        }
         _ => Err(format!("\"{value}\" is not MODULE:CALLABLE")),
     }
 }
@@ -249,19 +283,40 @@ mod tests {
         assert_eq!(s.source, AppSource::Module("pkg.app".into()));
         assert_eq!(s.callable, "create_app");
         assert_eq!(s.factory_args.as_deref(), Some("()"));
-        let s = parse_app_spec("pkg.app:create_app(\"prod:a/b\", 2, debug=False, x=-1.5e3)", Path::new("/")).unwrap();
-        assert_eq!(s.factory_args.as_deref(), Some("(\"prod:a/b\", 2, debug=False, x=-1.5e3)"));
+        let s = parse_app_spec(
+            "pkg.app:create_app(\"prod:a/b\", 2, debug=False, x=-1.5e3)",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.factory_args.as_deref(),
+            Some("(\"prod:a/b\", 2, debug=False, x=-1.5e3)")
+        );
         let s = parse_app_spec("/srv/app.py:make('x',)", Path::new("/")).unwrap();
         assert_eq!(s.source, AppSource::Script("/srv/app.py".into()));
-        for bad in ["pkg:f(", "pkg:f(x)", "pkg:f(os.system('x'))", "pkg:f(a=1, 2)", "pkg:f('x') y", "pkg(1)", "pkg:f('x)"] {
+        for bad in [
+            "pkg:f(",
+            "pkg:f(x)",
+            "pkg:f(os.system('x'))",
+            "pkg:f(a=1, 2)",
+            "pkg:f('x') y",
+            "pkg(1)",
+            "pkg:f('x)",
+        ] {
             assert!(parse_app_spec(bad, Path::new("/")).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn venv_versions() {
-        assert_eq!(venv_python_version("home = /usr/bin\nversion = 3.12.1\n"), Some((3, 12)));
-        assert_eq!(venv_python_version("version_info = 3.13.0.final.0\n"), Some((3, 13)));
+        assert_eq!(
+            venv_python_version("home = /usr/bin\nversion = 3.12.1\n"),
+            Some((3, 12))
+        );
+        assert_eq!(
+            venv_python_version("version_info = 3.13.0.final.0\n"),
+            Some((3, 13))
+        );
         assert_eq!(venv_python_version("home = /usr\n"), None);
     }
 
@@ -275,7 +330,10 @@ mod tests {
 
     #[test]
     fn hooks() {
-        assert_eq!(parse_hook("app.hooks:start"), Ok(("app.hooks".into(), "start".into())));
+        assert_eq!(
+            parse_hook("app.hooks:start"),
+            Ok(("app.hooks".into(), "start".into()))
+        );
         assert!(parse_hook("app.hooks").is_err());
         assert!(parse_hook("/x.py:start").is_err());
     }

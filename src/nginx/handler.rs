@@ -88,9 +88,21 @@ fn dispatch(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
     );
     // SAFETY: a live request on its loop thread.
     let no_body = unsafe { (*r).header_only() != 0 } || parts.method == b"HEAD";
-    let job = crate::python::pool::Job { ex: crate::python::exchange::Exchange::new(what), parts, app, no_body };
+    let job = crate::python::pool::Job {
+        ex: crate::python::exchange::Exchange::new(what),
+        parts,
+        app,
+        no_body,
+    };
     // SAFETY: the post handler of a live request on its loop thread.
-    unsafe { crate::bridge::dispatch(r, job, &worker.apps[app].name, timeout as ngx::ffi::ngx_msec_t) }
+    unsafe {
+        crate::bridge::dispatch(
+            r,
+            job,
+            &worker.apps[app].name,
+            timeout as ngx::ffi::ngx_msec_t,
+        )
+    }
 }
 
 /// Inline mode: the application runs here, on the event loop; a body the client cannot take
@@ -108,7 +120,8 @@ fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
     let sink = Box::new(unsafe { NgxSink::new(r) });
     crate::stats::request_started(0);
     let t0 = std::time::Instant::now();
-    let (running, step) = Python::attach(|py| wsgi::serve(py, worker, app, parts, sink, Arc::new(log)));
+    let (running, step) =
+        Python::attach(|py| wsgi::serve(py, worker, app, parts, sink, Arc::new(log)));
     let app_time = t0.elapsed();
     ngx_log_debug!(log.as_ptr(), "wsgi app step: {:?}", step);
     let outcome = match (step, running) {

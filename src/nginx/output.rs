@@ -1,17 +1,19 @@
 //! Writes a response into nginx: `headers_out`, the header filter chain, and body buffers
 //! through the body filter chain.
 //!
-//! Ownership: buffers are allocated from the request pool. Large buffers (the usual case for
-//! streamed bodies) are returned to the pool with `ngx_pfree` as soon as nginx has sent them,
-//! and their `ngx_buf_t`/`ngx_chain_t` are reused, so a long stream does not grow the pool
-//! by its length.
+//! Ownership: body buffers come from the request pool, through nginx's own chain helpers
+//! (`ngx_chain_get_free_buf` / `ngx_chain_update_chains`, tagged with the module): once nginx
+//! has sent a buffer it returns to the free list with its memory, and the next piece that fits
+//! reuses it, so a long stream does not grow the pool by its length.
 
+use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_http_output_filter, ngx_http_request_t,
-    ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_palloc, ngx_pfree,
-    ngx_parse_http_time, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
+    ngx_buf_tag_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_http_send_special,
+    ngx_int_t, ngx_list_push, ngx_palloc, ngx_parse_http_time, ngx_pfree, ngx_pnalloc, ngx_str_t,
+    ngx_table_elt_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 
 use crate::python::response::{ResponseHead, Sink, SinkError};
@@ -19,10 +21,13 @@ use crate::python::response::{ResponseHead, Sink, SinkError};
 /// A `Sink` writing straight into a request, on the event loop.
 pub struct NgxSink {
     r: *mut ngx_http_request_t,
-    /// Chain links whose buffers nginx may still hold.
-    busy: Vec<*mut ngx_chain_t>,
-    /// Chain links (with their `ngx_buf_t`) free for reuse.
-    free: Vec<*mut ngx_chain_t>,
+    /// Buffers nginx may still hold, and buffers free for reuse (nginx's chain helpers).
+    busy: *mut ngx_chain_t,
+    free: *mut ngx_chain_t,
+}
+
+fn tag() -> ngx_buf_tag_t {
+    <crate::Module as ngx::http::HttpModule>::module() as *const _ as *mut c_void
 }
 
 impl NgxSink {
@@ -30,7 +35,11 @@ impl NgxSink {
     /// `r` must be a live request, and the sink used only on its event loop thread while the
     /// request lives (it is dropped before the request is finalized).
     pub unsafe fn new(r: *mut ngx_http_request_t) -> NgxSink {
-        NgxSink { r, busy: Vec::new(), free: Vec::new() }
+        NgxSink {
+            r,
+            busy: ptr::null_mut(),
+            free: ptr::null_mut(),
+        }
     }
 
     /// Copies `data` into the request pool as an `ngx_str_t`.
@@ -42,59 +51,52 @@ impl NgxSink {
         }
         // SAFETY: `p` has room for `data.len()` bytes.
         unsafe { ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        Some(ngx_str_t { len: data.len(), data: p })
+        Some(ngx_str_t {
+            len: data.len(),
+            data: p,
+        })
     }
 
-    /// Returns sent buffers to the pool and their links to the free list.
-    fn reclaim(&mut self) {
-        let pool = unsafe { (*self.r).pool };
-        let mut i = 0;
-        while i < self.busy.len() {
-            let cl = self.busy[i];
-            // SAFETY: busy links and their buffers were allocated by us from the request pool.
-            let b = unsafe { &mut *(*cl).buf };
-            if b.pos == b.last {
-                unsafe { ngx_pfree(pool, b.start as *mut _) };
-                b.start = ptr::null_mut();
-                self.free.push(cl);
-                self.busy.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
+    /// A chain link whose buffer holds a copy of `data`: a free buffer of the module's when
+    /// its memory is large enough, else fresh pool memory.
     fn buffer(&mut self, data: &[u8]) -> Option<*mut ngx_chain_t> {
+        // SAFETY: constructor contract: the live request's pool, on its thread.
         let pool = unsafe { (*self.r).pool };
-        let cl = match self.free.pop() {
-            Some(cl) => cl,
-            None => {
-                // SAFETY: plain pool allocations; null is checked.
-                let cl = unsafe { ngx_alloc_chain_link(pool) };
-                let b = unsafe { ngx_palloc(pool, core::mem::size_of::<ngx_buf_t>()) } as *mut ngx_buf_t;
-                if cl.is_null() || b.is_null() {
-                    return None;
-                }
-                unsafe { (*cl).buf = b };
-                cl
-            }
-        };
-        let mem = unsafe { ngx_palloc(pool, data.len()) } as *mut u8;
-        if mem.is_null() {
+        // SAFETY: `free` is this sink's own free list, of links from this pool.
+        let cl = unsafe { ngx_chain_get_free_buf(pool, &mut self.free) };
+        if cl.is_null() {
             return None;
         }
-        // SAFETY: `mem` has room for the data; the buffer is reset to a fresh temporary
-        // memory buffer covering it.
+        // SAFETY: `cl` and its buffer are ours until they are passed to the filters; a
+        // recycled buffer's `start..end` is pool memory it owns, a new one is all zero.
         unsafe {
-            ptr::copy_nonoverlapping(data.as_ptr(), mem, data.len());
-            let b = (*cl).buf;
-            ptr::write_bytes(b, 0, 1);
-            (*b).start = mem;
-            (*b).pos = mem;
-            (*b).last = mem.add(data.len());
-            (*b).end = (*b).last;
-            (*b).set_temporary(1);
-            (*b).set_flush(1);
+            let b = &mut *(*cl).buf;
+            let room = if b.start.is_null() {
+                0
+            } else {
+                b.end.offset_from(b.start) as usize
+            };
+            if room < data.len() {
+                if !b.start.is_null() {
+                    ngx_pfree(pool, b.start as *mut c_void);
+                }
+                let mem = ngx_palloc(pool, data.len()) as *mut u8;
+                if mem.is_null() {
+                    return None;
+                }
+                b.start = mem;
+                b.end = mem.add(data.len());
+            }
+            let (start, end) = (b.start, b.end);
+            ptr::write_bytes(b as *mut _, 0, 1);
+            b.start = start;
+            b.end = end;
+            ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+            b.pos = start;
+            b.last = start.add(data.len());
+            b.set_temporary(1);
+            b.set_flush(1);
+            b.tag = tag();
             (*cl).next = ptr::null_mut();
         }
         Some(cl)
@@ -111,10 +113,13 @@ pub unsafe fn output_busy(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: reading flags of a live request and its connection.
     unsafe {
         let r = &*r;
-        if r.main != r as *const _ as *mut _ {
+        if !core::ptr::eq(r.main, r) {
             return false;
         }
-        !r.out.is_null() || r.buffered() != 0 || !r.postponed.is_null() || (*r.connection).buffered() != 0
+        !r.out.is_null()
+            || r.buffered() != 0
+            || !r.postponed.is_null()
+            || (*r.connection).buffered() != 0
     }
 }
 
@@ -138,7 +143,8 @@ enum Field {
 }
 
 fn field_of(name: &[u8]) -> Field {
-    const FIELDS: &[(&[u8], fn() -> Field)] = &[
+    type Entry = (&'static [u8], fn() -> Field);
+    const FIELDS: &[Entry] = &[
         (b"server", || Field::Server),
         (b"date", || Field::Date),
         (b"etag", || Field::Etag),
@@ -153,7 +159,11 @@ fn field_of(name: &[u8]) -> Field {
         (b"cache-control", || Field::CacheControl),
         (b"link", || Field::Link),
     ];
-    FIELDS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, f)| f()).unwrap_or(Field::None)
+    FIELDS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, f)| f())
+        .unwrap_or(Field::None)
 }
 
 /// `type/subtype; charset=x` -> (length of the part before `;`, the charset), as
@@ -283,8 +293,11 @@ impl Sink for NgxSink {
             if let Some((len, charset)) = split_charset(ct) {
                 r.headers_out.content_type_len = len;
                 // SAFETY: the range lies inside the pool copy of `ct`.
-                r.headers_out.charset =
-                    ngx_str_t { len: charset.len(), data: unsafe { s.data.add(charset.start) } };
+                let data = unsafe { s.data.add(charset.start) };
+                r.headers_out.charset = ngx_str_t {
+                    len: charset.len(),
+                    data,
+                };
             }
         }
         // RFC 9110 8.6: never a Content-Length on 1xx and 204.
@@ -346,28 +359,37 @@ impl NgxSink {
     /// Sends several body pieces in one chain (one pass through the filters, one write),
     /// flushed at its end.
     pub fn body_pieces(&mut self, pieces: &[&[u8]]) -> Result<(), SinkError> {
-        self.reclaim();
-        let mut first: *mut ngx_chain_t = ptr::null_mut();
+        let mut out: *mut ngx_chain_t = ptr::null_mut();
         let mut last: *mut ngx_chain_t = ptr::null_mut();
         for piece in pieces.iter().filter(|p| !p.is_empty()) {
             let cl = self.buffer(piece).ok_or(SinkError::Closed)?;
             // SAFETY: our own fresh links; only the chain's last buffer is flushed.
             unsafe {
                 if last.is_null() {
-                    first = cl;
+                    out = cl;
                 } else {
                     (*last).next = cl;
                     (*(*last).buf).set_flush(0);
                 }
             }
             last = cl;
-            self.busy.push(cl);
         }
-        if first.is_null() {
+        if out.is_null() {
             return Ok(());
         }
-        // SAFETY: a chain of our own buffers into the live request's filters.
-        let rc = unsafe { ngx_http_output_filter(self.r, first) };
+        // SAFETY: a chain of our own buffers into the live request's filters; then nginx's
+        // helper moves the sent ones from `busy` to `free` (the pool is the request's).
+        let rc = unsafe {
+            let rc = ngx_http_output_filter(self.r, out);
+            ngx_chain_update_chains(
+                (*self.r).pool,
+                &mut self.free,
+                &mut self.busy,
+                &mut out,
+                tag(),
+            );
+            rc
+        };
         if rc == NGX_ERROR as ngx_int_t {
             return Err(SinkError::Closed);
         }
@@ -394,7 +416,6 @@ pub unsafe fn finish(r: *mut ngx_http_request_t, short: bool) -> ngx_int_t {
     if req.header_only() != 0 {
         return NGX_OK as ngx_int_t;
     }
+    // SAFETY: the caller's contract.
     unsafe { ngx_http_send_special(r, NGX_HTTP_LAST as ngx_uint_t) }
 }
-
-use ngx::ffi::ngx_uint_t;

@@ -31,6 +31,7 @@ static LIMITS: OnceLock<Limits> = OnceLock::new();
 static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
 
 /// The housekeeping timer: event loop thread only.
+// SAFETY: an all-zero event is nginx's idea of an unused one.
 static mut HOUSEKEEPING: ngx_event_t = unsafe { core::mem::zeroed() };
 const HOUSEKEEPING_MS: usize = 1000;
 
@@ -49,7 +50,8 @@ pub unsafe fn start(cycle: &ngx_cycle_t, mcf: &MainConf) {
             return n;
         }
         // Spread recycling so that workers do not restart together.
-        let seed = std::process::id() as u64 ^ stats::unix_now().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let seed =
+            std::process::id() as u64 ^ stats::unix_now().wrapping_mul(0x9e37_79b9_7f4a_7c15);
         n + seed % (jitter + 1)
     });
     let _ = STARTED.set(std::time::Instant::now());
@@ -88,7 +90,11 @@ extern "C" fn housekeeping(ev: *mut ngx_event_t) {
     stats::set_rss(rss);
     if let Some(limits) = LIMITS.get() {
         if let Some(max) = limits.max_rss.filter(|&m| rss > m) {
-            recycle(&format!("its memory ({} MB) passed wsgi_max_rss ({} MB)", rss >> 20, max >> 20));
+            recycle(&format!(
+                "its memory ({} MB) passed wsgi_max_rss ({} MB)",
+                rss >> 20,
+                max >> 20
+            ));
         }
         if let (Some(max), Some(started)) = (limits.max_lifetime, STARTED.get()) {
             let age = started.elapsed();
@@ -114,7 +120,12 @@ static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// A request of this worker ended.
 pub fn request_done(app_time: Option<Duration>) {
     let (busy, queue) = crate::pool::get()
-        .map(|p| (p.busy.load(std::sync::atomic::Ordering::Relaxed), p.waiting()))
+        .map(|p| {
+            (
+                p.busy.load(std::sync::atomic::Ordering::Relaxed),
+                p.waiting(),
+            )
+        })
         .unwrap_or((0, 0));
     stats::request_done(app_time, busy, queue);
     let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -127,6 +138,7 @@ pub fn request_done(app_time: Option<Duration>) {
 
 /// How long a recycling worker answers with `Connection: close` before it quits.
 const DRAIN_MS: usize = 1000;
+// SAFETY: as for `HOUSEKEEPING`.
 static mut DRAIN_TIMER: ngx_event_t = unsafe { core::mem::zeroed() };
 static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 
@@ -136,7 +148,10 @@ fn recycle(reason: &str) {
         return;
     }
     let log = Log::cycle();
-    log.write_direct(NGX_LOG_NOTICE, &format!("wsgi: recycling worker {}: {reason}", std::process::id()));
+    log.write_direct(
+        NGX_LOG_NOTICE,
+        &format!("wsgi: recycling worker {}: {reason}", std::process::id()),
+    );
     // SAFETY: the static drain timer is used on this thread only.
     unsafe {
         let ev = &raw mut DRAIN_TIMER;
@@ -179,4 +194,3 @@ extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
     }
 }
-

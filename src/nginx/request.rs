@@ -35,6 +35,7 @@ fn bytes_of(s: &ngx_str_t) -> Vec<u8> {
 pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
     // SAFETY: the caller guarantees `r` is live; we only read from it, on its own thread.
     let r = unsafe { &mut *r };
+    // SAFETY: a live request's connection outlives it.
     let c = unsafe { &mut *r.connection };
     let mut parts = RequestParts {
         method: bytes_of(&r.method_name),
@@ -58,6 +59,7 @@ pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
     while !part.is_null() {
         // SAFETY: list parts hold `nelts` initialised `ngx_table_elt_t` entries.
         let p = unsafe { &*part };
+        // SAFETY: as above.
         let elts =
             unsafe { core::slice::from_raw_parts(p.elts as *const ngx_table_elt_t, p.nelts) };
         for h in elts {
@@ -80,6 +82,7 @@ pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
     // SAFETY: with no text buffer the call only fills `c->local_sockaddr` on first use.
     let rc = unsafe { ngx_connection_local_sockaddr(c, core::ptr::null_mut(), 0) };
     if rc == ngx::ffi::NGX_OK as isize {
+        // SAFETY: `local_sockaddr` was just filled in.
         parts.server_port = unsafe { ngx_inet_get_port(c.local_sockaddr) } as u16;
     }
 
@@ -93,7 +96,10 @@ pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
     }
     if parts.server_name.is_empty() {
         let mut addr = [0u8; 128]; // NGX_SOCKADDR_STRLEN is a macro bindgen does not see
-        let mut local = ngx_str_t { len: addr.len(), data: addr.as_mut_ptr() };
+        let mut local = ngx_str_t {
+            len: addr.len(),
+            data: addr.as_mut_ptr(),
+        };
         // SAFETY: `local` points at a buffer of the length it declares.
         if unsafe { ngx_connection_local_sockaddr(c, &mut local, 0) } != ngx::ffi::NGX_OK as isize {
             local.len = 0;
@@ -117,7 +123,9 @@ pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
         let rb = unsafe { &*r.request_body };
         let mut cl = rb.bufs;
         while !cl.is_null() {
+            // SAFETY: the links of `bufs` and their buffers are live with the request.
             let link = unsafe { &*cl };
+            // SAFETY: as above.
             let b = unsafe { &*link.buf };
             if b.in_file() != 0 && !b.file.is_null() {
                 let len = (b.file_last - b.file_pos) as u64;
@@ -126,14 +134,20 @@ pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
                     // our own descriptor so the body can be read after nginx closes it.
                     let fd = unsafe { libc::dup((*b.file).fd) };
                     if fd >= 0 {
+                        // SAFETY: `fd` is a fresh descriptor that only this `File` owns.
                         let file = unsafe { File::from_raw_fd(fd) };
-                        parts.body.push(BodySegment::File { file, offset: b.file_pos as u64, len });
+                        parts.body.push(BodySegment::File {
+                            file,
+                            offset: b.file_pos as u64,
+                            len,
+                        });
                         parts.body_len += len;
                     }
                 }
             } else if !b.pos.is_null() && b.last > b.pos {
+                // SAFETY: `pos..last` is the unread part of a memory buffer (`last > pos`).
                 let len = unsafe { b.last.offset_from(b.pos) } as usize;
-                // SAFETY: `pos..last` is the unread part of a memory buffer.
+                // SAFETY: as above.
                 let data = unsafe { core::slice::from_raw_parts(b.pos, len) };
                 parts.body.push(BodySegment::Memory(data.to_vec()));
                 parts.body_len += len as u64;

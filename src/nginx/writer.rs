@@ -6,8 +6,8 @@
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_del_timer, ngx_handle_write_event, ngx_http_output_filter, ngx_http_request_t, ngx_int_t,
-    ngx_msec_t, NGX_ERROR,
+    ngx_add_timer, ngx_del_timer, ngx_handle_write_event, ngx_http_output_filter,
+    ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
@@ -27,7 +27,9 @@ pub enum Drain {
 }
 
 fn send_conf(r: &ngx_http_request_t) -> (usize, ngx_msec_t) {
-    NgxHttpCoreModule::location_conf(r).map(|c| (c.send_lowat, c.send_timeout)).unwrap_or((0, 60000))
+    NgxHttpCoreModule::location_conf(r)
+        .map(|c| (c.send_lowat, c.send_timeout))
+        .unwrap_or((0, 60000))
 }
 
 /// Arms `r`'s write event for `handler`, as `ngx_http_set_write_handler` does. False when
@@ -35,7 +37,10 @@ fn send_conf(r: &ngx_http_request_t) -> (usize, ngx_msec_t) {
 ///
 /// # Safety
 /// `r` is a live request on its event loop thread.
-pub unsafe fn wait(r: *mut ngx_http_request_t, handler: unsafe extern "C" fn(*mut ngx_http_request_t)) -> bool {
+pub unsafe fn wait(
+    r: *mut ngx_http_request_t,
+    handler: unsafe extern "C" fn(*mut ngx_http_request_t),
+) -> bool {
     // SAFETY: the caller's contract: the live request and its connection's write event.
     unsafe {
         let r = &mut *r;
@@ -78,14 +83,22 @@ pub unsafe fn on_event(r: *mut ngx_http_request_t) -> Drain {
         }
         if (*wev).delayed() != 0 || r.aio() != 0 {
             // limit_rate (or aio) holds the output back: wait for its own wake-up.
-            return if rearm(r) { Drain::Waiting } else { Drain::Failed };
+            return if rearm(r) {
+                Drain::Waiting
+            } else {
+                Drain::Failed
+            };
         }
         let rc = ngx_http_output_filter(r, ptr::null_mut());
         if rc == NGX_ERROR as ngx_int_t || (*c).error() != 0 {
             return Drain::Failed;
         }
         if output_busy(r) {
-            return if rearm(r) { Drain::Waiting } else { Drain::Failed };
+            return if rearm(r) {
+                Drain::Waiting
+            } else {
+                Drain::Failed
+            };
         }
         if (*wev).timer_set() != 0 && (*wev).delayed() == 0 {
             ngx_del_timer(wev);

@@ -4,7 +4,10 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use ngx::ffi::{ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t, NGX_OK};
+use ngx::ffi::{
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t,
+    NGX_OK,
+};
 
 use crate::stats;
 
@@ -51,4 +54,3 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
     }
     NGX_OK as ngx_int_t
 }
-

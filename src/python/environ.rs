@@ -28,7 +28,11 @@ pub fn cgi_header_name(name: &[u8]) -> String {
     let mut key = String::with_capacity(5 + name.len());
     key.push_str("HTTP_");
     for &b in name {
-        key.push(if b == b'-' { '_' } else { char::from(b.to_ascii_uppercase()) });
+        key.push(if b == b'-' {
+            '_'
+        } else {
+            char::from(b.to_ascii_uppercase())
+        });
     }
     key
 }
@@ -81,7 +85,11 @@ pub fn split_script_name<'a>(uri: &'a [u8], script_name: Option<&'a str>) -> (&'
 
 /// `nginx/1.22.1 ngx-wsgi/0.1.0`.
 pub fn server_software() -> String {
-    format!("{} ngx-wsgi/{}", env!("NGX_WSGI_NGINX_VERSION"), env!("CARGO_PKG_VERSION"))
+    format!(
+        "{} ngx-wsgi/{}",
+        env!("NGX_WSGI_NGINX_VERSION"),
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 thread_local! {
@@ -142,11 +150,23 @@ pub fn build<'py>(
     env.set_item(intern!(py, "SCRIPT_NAME"), native_str(py, script_name))?;
     env.set_item(intern!(py, "PATH_INFO"), native_str(py, path_info))?;
     env.set_item(intern!(py, "QUERY_STRING"), native_str(py, &parts.args))?;
-    env.set_item(intern!(py, "REQUEST_URI"), native_str(py, &parts.request_uri))?;
-    env.set_item(intern!(py, "SERVER_PROTOCOL"), native_str(py, &parts.protocol))?;
-    env.set_item(intern!(py, "SERVER_NAME"), native_str(py, &parts.server_name))?;
+    env.set_item(
+        intern!(py, "REQUEST_URI"),
+        native_str(py, &parts.request_uri),
+    )?;
+    env.set_item(
+        intern!(py, "SERVER_PROTOCOL"),
+        native_str(py, &parts.protocol),
+    )?;
+    env.set_item(
+        intern!(py, "SERVER_NAME"),
+        native_str(py, &parts.server_name),
+    )?;
     env.set_item(intern!(py, "SERVER_PORT"), parts.server_port.to_string())?;
-    env.set_item(intern!(py, "REMOTE_ADDR"), native_str(py, &parts.remote_addr))?;
+    env.set_item(
+        intern!(py, "REMOTE_ADDR"),
+        native_str(py, &parts.remote_addr),
+    )?;
     env.set_item(intern!(py, "REMOTE_PORT"), parts.remote_port.to_string())?;
     if parts.https {
         env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
@@ -194,15 +214,30 @@ mod tests {
 
     #[test]
     fn underscore_names_are_dropped() {
-        let h = vec![(b"X-A".to_vec(), b"good".to_vec()), (b"X_A".to_vec(), b"evil".to_vec())];
-        assert_eq!(cgi_headers(&h), vec![("HTTP_X_A".to_string(), b"good".to_vec())]);
+        let h = vec![
+            (b"X-A".to_vec(), b"good".to_vec()),
+            (b"X_A".to_vec(), b"evil".to_vec()),
+        ];
+        assert_eq!(
+            cgi_headers(&h),
+            vec![("HTTP_X_A".to_string(), b"good".to_vec())]
+        );
     }
 
     #[test]
     fn mount_points() {
-        assert_eq!(split_script_name(b"/shop/cart", Some("/shop")), (&b"/shop"[..], &b"/cart"[..]));
-        assert_eq!(split_script_name(b"/shop", Some("/shop")), (&b"/shop"[..], &b""[..]));
-        assert_eq!(split_script_name(b"/shopping", Some("/shop")), (&b""[..], &b"/shopping"[..]));
+        assert_eq!(
+            split_script_name(b"/shop/cart", Some("/shop")),
+            (&b"/shop"[..], &b"/cart"[..])
+        );
+        assert_eq!(
+            split_script_name(b"/shop", Some("/shop")),
+            (&b"/shop"[..], &b""[..])
+        );
+        assert_eq!(
+            split_script_name(b"/shopping", Some("/shop")),
+            (&b""[..], &b"/shopping"[..])
+        );
         assert_eq!(split_script_name(b"/x", None), (&b""[..], &b"/x"[..]));
         assert_eq!(split_script_name(b"/x", Some("")), (&b""[..], &b"/x"[..]));
     }

@@ -154,7 +154,9 @@ impl Exchange {
         if !matches!(g.events.front(), Some(Event::Body(_))) {
             return None;
         }
-        let Some(Event::Body(b)) = g.events.pop_front() else { return None };
+        let Some(Event::Body(b)) = g.events.pop_front() else {
+            return None;
+        };
         g.queued -= b.len();
         if g.queued < QUEUE_LIMIT {
             self.room.notify_all();

@@ -44,7 +44,12 @@ pub struct BodyReader {
 impl BodyReader {
     pub fn new(segments: Vec<BodySegment>) -> BodyReader {
         let remaining = segments.iter().map(BodySegment::len).sum();
-        BodyReader { segments, seg: 0, off: 0, remaining }
+        BodyReader {
+            segments,
+            seg: 0,
+            off: 0,
+            remaining,
+        }
     }
 
     /// True when what is left to read is all in memory.
@@ -79,7 +84,10 @@ impl BodyReader {
                     out.resize(at + n, 0);
                     let mut done = 0;
                     while done < n {
-                        let got = file.read_at(&mut out[at + done..at + n], offset + self.off + done as u64)?;
+                        let got = file.read_at(
+                            &mut out[at + done..at + n],
+                            offset + self.off + done as u64,
+                        )?;
                         if got == 0 {
                             out.truncate(at + done);
                             return Err(std::io::Error::new(
@@ -181,10 +189,16 @@ pub struct WsgiInput {
 
 impl WsgiInput {
     pub fn new(segments: Vec<BodySegment>) -> WsgiInput {
-        WsgiInput { reader: std::sync::Mutex::new(BodyReader::new(segments)) }
+        WsgiInput {
+            reader: std::sync::Mutex::new(BodyReader::new(segments)),
+        }
     }
 
-    fn with<T>(&self, py: Python<'_>, f: impl FnOnce(&mut BodyReader) -> std::io::Result<T> + Send) -> PyResult<T>
+    fn with<T>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut BodyReader) -> std::io::Result<T> + Send,
+    ) -> PyResult<T>
     where
         T: Send,
     {
@@ -198,7 +212,10 @@ impl WsgiInput {
             }
         }
         py.detach(|| {
-            let mut reader = self.reader.lock().map_err(|_| PyValueError::new_err("wsgi.input is unusable"))?;
+            let mut reader = self
+                .reader
+                .lock()
+                .map_err(|_| PyValueError::new_err("wsgi.input is unusable"))?;
             f(&mut reader).map_err(io_err)
         })
     }
@@ -251,7 +268,11 @@ impl WsgiInput {
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.with(py, |r| r.readline(None))?;
-        Ok(if line.is_empty() { None } else { Some(PyBytes::new(py, &line)) })
+        Ok(if line.is_empty() {
+            None
+        } else {
+            Some(PyBytes::new(py, &line))
+        })
     }
 
     /// Bytes not yet read (an extension, handy for tests and frameworks that ask).
@@ -269,8 +290,18 @@ mod tests {
     use std::io::Write;
 
     fn temp_file(data: &[u8]) -> File {
-        let path = std::env::temp_dir().join(format!("ngx-wsgi-input-{}-{:?}", std::process::id(), std::thread::current().id()));
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "ngx-wsgi-input-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         f.write_all(data).unwrap();
         std::fs::remove_file(&path).unwrap();
         f
@@ -280,7 +311,11 @@ mod tests {
         let file = temp_file(b"xxne two\nline three\nlast");
         BodyReader::new(vec![
             BodySegment::Memory(b"line one\nli".to_vec()),
-            BodySegment::File { file, offset: 2, len: 22 },
+            BodySegment::File {
+                file,
+                offset: 2,
+                len: 22,
+            },
         ])
     }
 

@@ -42,7 +42,12 @@ struct Load {
 
 impl App {
     fn new(spec: &AppSpec) -> App {
-        App { spec: spec.clone(), name: spec.display(), load: Mutex::default(), loaded: Condvar::new() }
+        App {
+            spec: spec.clone(),
+            name: spec.display(),
+            load: Mutex::default(),
+            loaded: Condvar::new(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Load> {
@@ -73,7 +78,9 @@ fn status_message(status: &ffi::PyStatus) -> String {
         return "unknown error".into();
     }
     // SAFETY: a failed status carries a static C string.
-    unsafe { std::ffi::CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `Py_InitializeFromConfig` with nginx's needs: no signal handlers (nginx owns signals), no
@@ -110,7 +117,10 @@ fn initialize(home: Option<&Path>) -> Result<(), String> {
                 if home.join("pyvenv.cfg").is_file() {
                     // A virtualenv: Python reads pyvenv.cfg next to the executable's dir.
                     set(&raw mut (*cfg).executable, &format!("{home_s}/bin/python3"))?;
-                    set(&raw mut (*cfg).program_name, &format!("{home_s}/bin/python3"))?;
+                    set(
+                        &raw mut (*cfg).program_name,
+                        &format!("{home_s}/bin/python3"),
+                    )?;
                 } else {
                     // A Python installation prefix, as PYTHONHOME would name it.
                     set(&raw mut (*cfg).home, &home_s)?;
@@ -135,12 +145,19 @@ fn initialize(home: Option<&Path>) -> Result<(), String> {
 /// worker keeps serving everything else.
 pub fn start_worker(mcf: &MainConf, log: Log) {
     // Checked at configuration time too; the virtualenv may have been recreated since.
-    if let Some(Err(e)) = mcf.python_home.as_deref().map(|h| crate::conf::parse::check_venv_version(h, embedded_version())) {
+    if let Some(Err(e)) = mcf
+        .python_home
+        .as_deref()
+        .map(|h| crate::conf::parse::check_venv_version(h, embedded_version()))
+    {
         log.write(NGX_LOG_ALERT, &format!("wsgi: python not started: {e}"));
         return;
     }
     if let Err(e) = initialize(mcf.python_home.as_deref()) {
-        log.write(NGX_LOG_ALERT, &format!("wsgi: python initialization failed: {e}"));
+        log.write(
+            NGX_LOG_ALERT,
+            &format!("wsgi: python initialization failed: {e}"),
+        );
         return;
     }
     let started = Python::attach(|py| -> PyResult<Worker> {
@@ -162,14 +179,19 @@ pub fn start_worker(mcf: &MainConf, log: Log) {
         }
 
         let file_wrapper = py.get_type::<crate::python::file_wrapper::FileWrapper>();
-        let base = crate::python::environ::base_environ(py, mcf.threads() > 0, true, file_wrapper.as_any())?;
+        let base = crate::python::environ::base_environ(
+            py,
+            mcf.threads() > 0,
+            true,
+            file_wrapper.as_any(),
+        )?;
 
-        let apps = mcf
-            .apps
-            .iter()
-            .map(App::new)
-            .collect();
-        Ok(Worker { apps, base_environ: base.unbind(), bootstrap: bootstrap.unbind() })
+        let apps = mcf.apps.iter().map(App::new).collect();
+        Ok(Worker {
+            apps,
+            base_environ: base.unbind(),
+            bootstrap: bootstrap.unbind(),
+        })
     });
     let worker = match started {
         Ok(w) => w,
@@ -191,21 +213,32 @@ pub fn start_worker(mcf: &MainConf, log: Log) {
 
 /// Runs `wsgi_worker_stop` (before the interpreter is finalized).
 pub fn run_stop_hook(mcf: &MainConf) {
-    let (Some(worker), Some(hook)) = (worker(), mcf.worker_stop.as_ref()) else { return };
+    let (Some(worker), Some(hook)) = (worker(), mcf.worker_stop.as_ref()) else {
+        return;
+    };
     Python::attach(|py| worker.run_hook(py, "wsgi_worker_stop", hook, &Log::cycle()));
 }
 
 impl Worker {
     /// Imports and calls a worker hook; an exception is logged with its traceback and the
     /// worker goes on.
-    fn run_hook(&self, py: Python<'_>, directive: &str, (module, callable): &(String, String), log: &dyn LogWrite) {
+    fn run_hook(
+        &self,
+        py: Python<'_>,
+        directive: &str,
+        (module, callable): &(String, String),
+        log: &dyn LogWrite,
+    ) {
         let called = self
             .bootstrap
             .bind(py)
             .call_method1("load_module", (module.as_str(), callable.as_str()))
             .and_then(|f| f.call0());
         match called {
-            Ok(_) => log.write(crate::log::NGX_LOG_INFO, &format!("{directive} {module}:{callable} done")),
+            Ok(_) => log.write(
+                crate::log::NGX_LOG_INFO,
+                &format!("{directive} {module}:{callable} done"),
+            ),
             Err(e) => log.exception(py, &format!("{directive} {module}:{callable} failed"), &e),
         }
     }
@@ -213,7 +246,12 @@ impl Worker {
     /// The application's callable, importing it if that has not succeeded yet. One thread
     /// imports at a time: the others wait (without the interpreter) for its result, and a
     /// failed import answers their requests too, so a script never runs twice at once.
-    pub fn load<'py>(&self, py: Python<'py>, app: &App, log: &dyn LogWrite) -> Option<Bound<'py, PyAny>> {
+    pub fn load<'py>(
+        &self,
+        py: Python<'py>,
+        app: &App,
+        log: &dyn LogWrite,
+    ) -> Option<Bound<'py, PyAny>> {
         // The lock is never held while Python runs, nor waited for with the interpreter held.
         {
             let mut st = app.state();
@@ -242,11 +280,19 @@ impl Worker {
         let loaded = match &app.spec.source {
             AppSource::Script(path) => bootstrap.call_method1(
                 "load_script",
-                (path.to_string_lossy().as_ref(), app.spec.callable.as_str(), app.spec.factory_args.as_deref()),
+                (
+                    path.to_string_lossy().as_ref(),
+                    app.spec.callable.as_str(),
+                    app.spec.factory_args.as_deref(),
+                ),
             ),
             AppSource::Module(module) => bootstrap.call_method1(
                 "load_module",
-                (module.as_str(), app.spec.callable.as_str(), app.spec.factory_args.as_deref()),
+                (
+                    module.as_str(),
+                    app.spec.callable.as_str(),
+                    app.spec.factory_args.as_deref(),
+                ),
             ),
         };
         let mut st = app.state();
@@ -256,12 +302,19 @@ impl Worker {
             Ok(callable) => {
                 st.callable = Some(callable.clone().unbind());
                 drop(st);
-                log.write(crate::log::NGX_LOG_INFO, &format!("wsgi app \"{}\" loaded", app.name));
+                log.write(
+                    crate::log::NGX_LOG_INFO,
+                    &format!("wsgi app \"{}\" loaded", app.name),
+                );
                 Some(callable)
             }
             Err(e) => {
                 drop(st);
-                log.exception(py, &format!("wsgi app \"{}\" could not be loaded", app.name), &e);
+                log.exception(
+                    py,
+                    &format!("wsgi app \"{}\" could not be loaded", app.name),
+                    &e,
+                );
                 None
             }
         };
@@ -316,7 +369,9 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 /// Python instruction. A thread blocked in one long C call sees it when that call returns.
 pub fn raise_timeout(py: Python<'_>, ident: u64) {
     let Some(worker) = worker() else { return };
-    let Ok(exc) = worker.bootstrap.bind(py).getattr("RequestTimeout") else { return };
+    let Ok(exc) = worker.bootstrap.bind(py).getattr("RequestTimeout") else {
+        return;
+    };
     // SAFETY: we hold the GIL (`py`); `exc` is a live exception class, borrowed for the call
     // (the interpreter takes its own reference).
     unsafe {

@@ -30,4 +30,3 @@ pub struct RequestParts {
     /// `wsgi_max_header_size` of the location.
     pub max_header_size: usize,
 }
-

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::python::exchange::{Event, Exchange, ThreadSink};
 use crate::log::{Log, LogWrite, NGX_LOG_ERR};
+use crate::python::exchange::{Event, Exchange, ThreadSink};
 use crate::python::parts::RequestParts;
 use crate::python::wsgi::{self, Outcome};
 
@@ -71,6 +71,7 @@ impl Pool {
     }
 
     /// Queues a job; gives it back when `wsgi_queue` requests are already waiting.
+    #[allow(clippy::result_large_err)] // the job goes back to its caller, who finalizes it
     pub fn try_submit(&self, job: Job) -> Result<(), Job> {
         let mut q = self.lock();
         let idle = self.threads - self.busy.load(Ordering::Acquire).min(self.threads);
@@ -166,10 +167,12 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
         for i in 0..threads {
             let p = pool.clone();
             pool.running.fetch_add(1, Ordering::AcqRel);
-            let started = std::thread::Builder::new().name(format!("wsgi-{i}")).spawn(move || {
-                Python::attach(|py| app_thread(py, &p));
-                p.exit();
-            });
+            let started = std::thread::Builder::new()
+                .name(format!("wsgi-{i}"))
+                .spawn(move || {
+                    Python::attach(|py| app_thread(py, &p));
+                    p.exit();
+                });
             if let Err(e) = started {
                 pool.running.fetch_sub(1, Ordering::AcqRel);
                 return Err(e);
@@ -177,10 +180,12 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
         }
         let p = pool.clone();
         pool.running.fetch_add(1, Ordering::AcqRel);
-        let started = std::thread::Builder::new().name("wsgi-watchdog".into()).spawn(move || {
-            Python::attach(|py| watchdog_thread(py, &p));
-            p.exit();
-        });
+        let started = std::thread::Builder::new()
+            .name("wsgi-watchdog".into())
+            .spawn(move || {
+                Python::attach(|py| watchdog_thread(py, &p));
+                p.exit();
+            });
         if let Err(e) = started {
             pool.running.fetch_sub(1, Ordering::AcqRel);
             return Err(e);
@@ -216,7 +221,11 @@ pub fn stop(grace: Duration) -> bool {
         if now >= deadline {
             return false;
         }
-        q = pool.exited.wait_timeout(q, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        q = pool
+            .exited
+            .wait_timeout(q, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
     true
 }
@@ -229,7 +238,10 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
         .unwrap_or(0);
     // While jobs are waiting, a thread goes from one to the next without releasing the
     // interpreter; it detaches only to wait for work.
-    while let Some(job) = pool.try_next_job().or_else(|| py.detach(|| pool.next_job())) {
+    while let Some(job) = pool
+        .try_next_job()
+        .or_else(|| py.detach(|| pool.next_job()))
+    {
         let ex = job.ex.clone();
         ex.thread_ident.store(ident, Ordering::Release);
         let t0 = Instant::now();
@@ -248,14 +260,22 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
 }
 
 fn run_job(py: Python<'_>, job: Job) -> Outcome {
-    let Job { ex, parts, app, no_body } = job;
+    let Job {
+        ex,
+        parts,
+        app,
+        no_body,
+    } = job;
     if ex.is_cancelled() {
         return Outcome::ClientGone;
     }
     let Some(worker) = crate::python::interp::worker() else {
         return Outcome::FailedEarly;
     };
-    let sink = Box::new(ThreadSink { ex: ex.clone(), no_body });
+    let sink = Box::new(ThreadSink {
+        ex: ex.clone(),
+        no_body,
+    });
     wsgi::serve_to_end(py, worker, &worker.apps[app], parts, sink, Arc::new(ex))
 }
 
@@ -271,11 +291,18 @@ fn watchdog_thread(py: Python<'_>, pool: &Pool) {
             let Some(frame) = frames.get_item(ident).ok() else {
                 return Ok("(no Python frame)".into());
             };
-            let lines = py.import("traceback")?.call_method1("format_stack", (frame,))?;
-            Ok(pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?.extract()?)
+            let lines = py
+                .import("traceback")?
+                .call_method1("format_stack", (frame,))?;
+            pyo3::types::PyString::new(py, "")
+                .call_method1("join", (lines,))?
+                .extract()
         })()
         .unwrap_or_else(|e| format!("(stack unavailable: {e})"));
-        Log::cycle().write(NGX_LOG_ERR, &format!("{message}; the application's stack:\n{}", stack.trim_end()));
+        Log::cycle().write(
+            NGX_LOG_ERR,
+            &format!("{message}; the application's stack:\n{}", stack.trim_end()),
+        );
         // Under the GIL the thread cannot move on to another request between the check
         // above and the raise below.
         if ex.thread_ident.load(Ordering::Acquire) == ident {

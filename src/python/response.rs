@@ -43,7 +43,11 @@ impl ResponseHead {
         if let Some(ct) = &self.content_type {
             n += 14 + ct.len() + 2;
         }
-        n + self.headers.iter().map(|(k, v)| k.len() + 2 + v.len() + 2).sum::<usize>()
+        n + self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + 2 + v.len() + 2)
+            .sum::<usize>()
     }
 }
 
@@ -93,13 +97,21 @@ pub fn latin1(s: &str) -> Option<Vec<u8>> {
 pub fn parse_status(status: &[u8]) -> Result<u16, String> {
     let shown = String::from_utf8_lossy(status);
     if status.len() < 4 || status[3] != b' ' || !status[..3].iter().all(u8::is_ascii_digit) {
-        return Err(format!("invalid status \"{shown}\": it must be a 3-digit code, a space and a reason phrase"));
+        return Err(format!(
+            "invalid status \"{shown}\": it must be a 3-digit code, a space and a reason phrase"
+        ));
     }
-    let code: u16 = std::str::from_utf8(&status[..3]).unwrap_or("0").parse().unwrap_or(0);
+    let code: u16 = std::str::from_utf8(&status[..3])
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
     if code < 100 {
         return Err(format!("invalid status code in \"{shown}\""));
     }
-    if status[4..].iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+    if status[4..]
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
         return Err("invalid status: the reason phrase contains control characters".into());
     }
     Ok(code)
@@ -111,13 +123,19 @@ pub fn check_header(name: &str, value: &str) -> Result<(Vec<u8>, Vec<u8>), Strin
         return Err(format!("invalid header name {name:?}"));
     }
     let Some(v) = latin1(value) else {
-        return Err(format!("header {name:?} has a value that is not latin-1 text: {value:?}"));
+        return Err(format!(
+            "header {name:?} has a value that is not latin-1 text: {value:?}"
+        ));
     };
     if v.iter().any(|&b| b == b'\r' || b == b'\n') {
-        return Err(format!("header {name:?} has a value with CR or LF: {value:?}"));
+        return Err(format!(
+            "header {name:?} has a value with CR or LF: {value:?}"
+        ));
     }
     if v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(format!("header {name:?} has a value with control characters: {value:?}"));
+        return Err(format!(
+            "header {name:?} has a value with control characters: {value:?}"
+        ));
     }
     Ok((name.as_bytes().to_vec(), v))
 }
@@ -139,8 +157,16 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 }
 
 /// Builds the head from validated pieces.
-pub fn build_head(code: u16, status_line: Vec<u8>, headers: Vec<(Vec<u8>, Vec<u8>)>) -> Result<ResponseHead, String> {
-    let mut head = ResponseHead { status: code, status_line, ..Default::default() };
+pub fn build_head(
+    code: u16,
+    status_line: Vec<u8>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<ResponseHead, String> {
+    let mut head = ResponseHead {
+        status: code,
+        status_line,
+        ..Default::default()
+    };
     for (name, value) in headers {
         if name.eq_ignore_ascii_case(b"content-type") {
             head.content_type = Some(value);
@@ -156,7 +182,9 @@ pub fn build_head(code: u16, status_line: Vec<u8>, headers: Vec<(Vec<u8>, Vec<u8
             head.content_length = Some(n);
         } else if is_hop_by_hop(&name) {
             if name.eq_ignore_ascii_case(b"connection")
-                && value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                && value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
             {
                 head.close = true;
             }
@@ -259,7 +287,11 @@ impl Responder {
                 }
             }
         }
-        let sent = if batched { self.sink.body_batched(data) } else { self.sink.body(data) };
+        let sent = if batched {
+            self.sink.body_batched(data)
+        } else {
+            self.sink.body(data)
+        };
         match sent {
             Ok(()) => {
                 self.bytes_sent += data.len() as u64;
@@ -275,7 +307,11 @@ impl Responder {
     /// True when fewer bytes were sent than the Content-Length promised.
     pub fn short(&self) -> bool {
         self.body_allowed
-            && self.head.as_ref().and_then(|h| h.content_length).is_some_and(|cl| self.bytes_sent < cl)
+            && self
+                .head
+                .as_ref()
+                .and_then(|h| h.content_length)
+                .is_some_and(|cl| self.bytes_sent < cl)
     }
 }
 
@@ -337,7 +373,10 @@ pub struct Write {
 }
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
-    o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    o.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn header_list(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -358,7 +397,9 @@ fn header_list(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> 
             )));
         };
         if t.len() != 2 {
-            return Err(PyTypeError::new_err("start_response() header tuple must have 2 items"));
+            return Err(PyTypeError::new_err(
+                "start_response() header tuple must have 2 items",
+            ));
         }
         let (name, value) = (t.get_item(0)?, t.get_item(1)?);
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
@@ -368,7 +409,8 @@ fn header_list(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> 
                 type_name(&value)
             )));
         };
-        let checked = check_header(&name.to_cow()?, &value.to_cow()?).map_err(PyValueError::new_err)?;
+        let checked =
+            check_header(&name.to_cow()?, &value.to_cow()?).map_err(PyValueError::new_err)?;
         out.push(checked);
     }
     Ok(out)
@@ -407,8 +449,9 @@ impl StartResponse {
             )));
         };
         let status_text = status.to_cow()?;
-        let status_line = latin1(&status_text)
-            .ok_or_else(|| PyValueError::new_err(format!("status {status_text:?} is not latin-1 text")))?;
+        let status_line = latin1(&status_text).ok_or_else(|| {
+            PyValueError::new_err(format!("status {status_text:?} is not latin-1 text"))
+        })?;
         let code = parse_status(&status_line).map_err(PyValueError::new_err)?;
         let headers = header_list(headers)?;
         let head = build_head(code, status_line, headers).map_err(PyValueError::new_err)?;
@@ -422,12 +465,17 @@ impl StartResponse {
 impl Write {
     fn __call__(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let Ok(bytes) = data.cast::<PyBytes>() else {
-            return Err(PyTypeError::new_err(format!("write() argument must be bytes, not {}", type_name(data))));
+            return Err(PyTypeError::new_err(format!(
+                "write() argument must be bytes, not {}",
+                type_name(data)
+            )));
         };
         let responder = active(self.id, "write()")?;
         let mut r = responder.borrow_mut();
         if r.ended {
-            return Err(PyRuntimeError::new_err("write() called after the response body ended (from close()?)"));
+            return Err(PyRuntimeError::new_err(
+                "write() called after the response body ended (from close()?)",
+            ));
         }
         r.send_body(bytes.as_bytes())
     }
@@ -480,6 +528,11 @@ mod tests {
         assert_eq!(h.content_length, Some(12));
         assert!(h.close);
         assert_eq!(h.headers, vec![(b"X-A".to_vec(), b"1".to_vec())]);
-        assert!(build_head(200, b"200 OK".to_vec(), vec![(b"Content-Length".to_vec(), b"x".to_vec())]).is_err());
+        assert!(build_head(
+            200,
+            b"200 OK".to_vec(),
+            vec![(b"Content-Length".to_vec(), b"x".to_vec())]
+        )
+        .is_err());
     }
 }

@@ -50,7 +50,10 @@ pub enum Step {
 }
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
-    o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    o.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The whole Python side of one request, up to its first `Step`: the application (imported
@@ -83,7 +86,11 @@ pub fn serve(
     let (environ, errors) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            log.exception(py, &format!("wsgi app \"{}\": environ could not be built", app.name), &e);
+            log.exception(
+                py,
+                &format!("wsgi app \"{}\": environ could not be built", app.name),
+                &e,
+            );
             return (None, Step::Done(Outcome::FailedEarly));
         }
     };
@@ -130,7 +137,11 @@ impl Running {
         let start_response = match Bound::new(py, StartResponse { id: self.id }) {
             Ok(s) => s,
             Err(e) => {
-                self.log.exception(py, &format!("wsgi app \"{}\" could not be called", self.name), &e);
+                self.log.exception(
+                    py,
+                    &format!("wsgi app \"{}\" could not be called", self.name),
+                    &e,
+                );
                 return self.end(py, Outcome::FailedEarly);
             }
         };
@@ -141,15 +152,21 @@ impl Running {
                 return self.end(py, outcome);
             }
         };
-        self.body = if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        self.body = if result.is_exact_instance_of::<PyList>()
+            || result.is_exact_instance_of::<PyTuple>()
+        {
             Body::Seq(result.clone().unbind(), 0)
         } else if result.is_exact_instance_of::<PyBytes>() {
             // A bare bytes object iterates as ints: a common mistake, refused plainly.
-            let e = PyTypeError::new_err("the application returned bytes; it must return an iterable of bytes, e.g. [body]");
+            let e = PyTypeError::new_err(
+                "the application returned bytes; it must return an iterable of bytes, e.g. [body]",
+            );
             self.result = Some(result.unbind());
             return self.finish(py, Err(e));
         } else if result.is_instance_of::<pyo3::types::PyString>() {
-            let e = PyTypeError::new_err("the application returned str; it must return an iterable of bytes");
+            let e = PyTypeError::new_err(
+                "the application returned str; it must return an iterable of bytes",
+            );
             self.result = Some(result.unbind());
             return self.finish(py, Err(e));
         } else {
@@ -221,7 +238,10 @@ impl Running {
                 let result = result.into_bound(py);
                 // Plain lists and tuples (what frameworks return for small bodies) have no
                 // close(): looking it up would raise internally.
-                if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() || result.is_exact_instance_of::<PyBytes>() {
+                if result.is_exact_instance_of::<PyList>()
+                    || result.is_exact_instance_of::<PyTuple>()
+                    || result.is_exact_instance_of::<PyBytes>()
+                {
                     Ok(())
                 } else {
                     close(py, &result)
@@ -233,7 +253,8 @@ impl Running {
         if let Err(e) = iterated {
             if self.responder.borrow().client_gone {
                 if let Err(e) = closed {
-                    self.log.exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
+                    self.log
+                        .exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
                 }
                 return self.end(py, Outcome::ClientGone);
             }
@@ -243,7 +264,8 @@ impl Running {
         if let Err(e) = closed {
             // The body has been produced; an error in close() is the application's to fix but
             // the response itself is whole.
-            self.log.exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
+            self.log
+                .exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
         }
         if self.responder.borrow().client_gone {
             return self.end(py, Outcome::ClientGone);
@@ -307,14 +329,20 @@ impl Running {
             return Outcome::ClientGone;
         }
         if let Some(why) = &r.refused {
-            self.log.error(&format!("wsgi app \"{name}\" {why}, answered with 502"));
+            self.log
+                .error(&format!("wsgi app \"{name}\" {why}, answered with 502"));
             return Outcome::Refused;
         }
         if r.headers_sent {
-            self.log.exception(py, &format!("wsgi app \"{name}\" failed after the response started, response cut"), e);
+            self.log.exception(
+                py,
+                &format!("wsgi app \"{name}\" failed after the response started, response cut"),
+                e,
+            );
             Outcome::FailedLate
         } else {
-            self.log.exception(py, &format!("wsgi app \"{name}\" failed"), e);
+            self.log
+                .exception(py, &format!("wsgi app \"{name}\" failed"), e);
             Outcome::FailedEarly
         }
     }
@@ -342,7 +370,12 @@ pub fn serve_to_end(
 }
 
 /// `in_list`: the item comes from a list or tuple, so the rest of the body is at hand.
-fn send_item(responder: &Rc<RefCell<Responder>>, item: &Bound<'_, PyAny>, single: bool, in_list: bool) -> PyResult<()> {
+fn send_item(
+    responder: &Rc<RefCell<Responder>>,
+    item: &Bound<'_, PyAny>,
+    single: bool,
+    in_list: bool,
+) -> PyResult<()> {
     let Ok(bytes) = item.cast::<PyBytes>() else {
         return Err(PyTypeError::new_err(format!(
             "the response iterable must yield bytes, not {}",
