@@ -17,6 +17,32 @@ pub use ngx::ffi::{
     NGX_LOG_ALERT, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 
+/// `debug!(log_ptr, "...", args)`: nginx's debug log (`error_log ... debug` in a
+/// `--with-debug` build; nothing is formatted otherwise), for tracing a request's path.
+#[macro_export]
+macro_rules! debug {
+    ($log:expr, $($arg:tt)+) => {
+        ::ngx::ngx_log_debug!(mask: ::ngx::log::DebugMask::Http, $log, $($arg)+)
+    };
+}
+
+/// `error!(log, "...", args)`: an `[error]` entry through a `LogWrite` (a request's log, the
+/// cycle's, or a thread's exchange).
+#[macro_export]
+macro_rules! error {
+    ($log:expr, $($arg:tt)+) => {
+        $crate::log::LogWrite::write(&$log, $crate::log::NGX_LOG_ERR, &format!($($arg)+))
+    };
+}
+
+/// `warn!(log, "...", args)`: a `[warn]` entry, as `error!`.
+#[macro_export]
+macro_rules! warn {
+    ($log:expr, $($arg:tt)+) => {
+        $crate::log::LogWrite::write(&$log, $crate::log::NGX_LOG_WARN, &format!($($arg)+))
+    };
+}
+
 /// nginx cuts a log entry at about 2 KB; longer messages are split into several entries.
 const MAX_ENTRY: usize = 1800;
 

@@ -109,6 +109,11 @@ pub struct LoopState {
     cleaned: bool,
 }
 
+fn log_of(r: *mut ngx_http_request_t) -> *mut ngx::ffi::ngx_log_t {
+    // SAFETY: called with live requests only.
+    unsafe { (*(*r).connection).log }
+}
+
 fn request_log(r: *mut ngx_http_request_t) -> Log {
     // SAFETY: called with live requests only; the log lives as long as the connection.
     unsafe { Log::from_ptr((*(*r).connection).log) }
@@ -209,6 +214,12 @@ pub unsafe fn dispatch(
     }
 
     crate::stats::request_started(pool.waiting());
+    crate::debug!(
+        log_of(r),
+        "wsgi dispatch: exchange {} to the python threads, {} waiting",
+        ex.id,
+        pool.waiting()
+    );
     // SAFETY: the live main request; `blocked` defers nginx's termination of it while the
     // application runs. We hold it until the final step.
     unsafe {
@@ -310,6 +321,7 @@ unsafe fn step_inline(ls: *mut LoopState) {
         *running = run;
         step
     };
+    crate::debug!(log_of(s.r), "wsgi inline step: {step:?}");
     match step {
         Step::Pause => {
             s.waiting_write = true;
@@ -346,6 +358,12 @@ unsafe fn pump(ls: *mut LoopState) {
                 if s.aborted {
                     continue;
                 }
+                crate::debug!(
+                    log_of(s.r),
+                    "wsgi head: status {}, {} headers",
+                    head.status,
+                    head.headers.len()
+                );
                 // SAFETY: see `sink` above.
                 match unsafe { (*sink).start(&head) } {
                     Ok(body) => {
@@ -373,6 +391,11 @@ unsafe fn pump(ls: *mut LoopState) {
                     }
                 }
                 let slices: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                crate::debug!(
+                    log_of(s.r),
+                    "wsgi body: {size} bytes in {} pieces",
+                    pieces.len()
+                );
                 // SAFETY: see `sink` above.
                 if unsafe { (*sink).body_pieces(&slices) }.is_err() {
                     abort(s);
@@ -480,6 +503,7 @@ unsafe fn complete(ls: *mut LoopState, outcome: Outcome) {
             }
         };
         let free_now = s.cleaned;
+        crate::debug!((*c).log, "wsgi finalize: {outcome:?}, rc {rc}");
         ngx_http_finalize_request(r, rc);
         if free_now {
             drop(Box::from_raw(ls));

@@ -12,7 +12,6 @@ use ngx::ffi::{
     NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx::http::HttpModuleLocationConf;
-use ngx::ngx_log_debug;
 use pyo3::prelude::*;
 
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use crate::Module;
 pub(crate) extern "C" fn wsgi_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
     let log = unsafe { (*(*r).connection).log };
-    ngx_log_debug!(log, "wsgi handler");
+    crate::debug!(log, "wsgi handler");
     // SAFETY: reading the body of a live request; nginx calls `body_read` once it is read,
     // possibly before this call returns, and holds a reference to the request until then.
     let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_read)) };
@@ -87,12 +86,17 @@ fn dispatch(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
         String::from_utf8_lossy(&parts.request_uri)
     );
     // SAFETY: a live request on its loop thread.
+    // SAFETY: the connection log of the live request.
+    let trace =
+        unsafe { (*(*(*r).connection).log).log_level } >= crate::log::NGX_LOG_DEBUG as usize;
+    // SAFETY: a live request on its loop thread.
     let no_body = unsafe { (*r).header_only() != 0 } || parts.method == b"HEAD";
     let job = crate::python::pool::Job {
         ex: crate::python::exchange::Exchange::new(what),
         parts,
         app,
         no_body,
+        trace,
     };
     // SAFETY: the post handler of a live request on its loop thread.
     unsafe {
@@ -123,7 +127,7 @@ fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
     let (running, step) =
         Python::attach(|py| wsgi::serve(py, worker, app, parts, sink, Arc::new(log)));
     let app_time = t0.elapsed();
-    ngx_log_debug!(log.as_ptr(), "wsgi app step: {:?}", step);
+    crate::debug!(log.as_ptr(), "wsgi inline: {step:?} after {app_time:?}");
     let outcome = match (step, running) {
         (Step::Pause, Some(running)) => {
             // SAFETY: the post handler of a live request whose header went out.

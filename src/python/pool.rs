@@ -24,6 +24,8 @@ pub struct Job {
     pub app: usize,
     /// The response has no body whatever its status (HEAD, a header-only subrequest).
     pub no_body: bool,
+    /// The request's log takes debug lines: the thread reports what it does.
+    pub trace: bool,
 }
 
 /// A request past its timeout: log its stack, raise in its thread.
@@ -265,7 +267,16 @@ fn run_job(py: Python<'_>, job: Job) -> Outcome {
         parts,
         app,
         no_body,
+        trace,
     } = job;
+    if trace {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("?");
+        ex.push(Event::Log(
+            crate::log::NGX_LOG_DEBUG,
+            format!("wsgi thread {name}: exchange {} runs", ex.id),
+        ));
+    }
     if ex.is_cancelled() {
         return Outcome::ClientGone;
     }
