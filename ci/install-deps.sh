@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(nginx nginx-dev libclang-dev libpcre2-dev libssl-dev zlib1g-dev python3-dev python3-venv
       python3-pip wrk curl pkg-config make gcc openssl
-      debhelper dpkg-dev fakeroot)
+      debhelper dpkg-dev fakeroot debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

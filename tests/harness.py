@@ -58,14 +58,34 @@ class Flavor:
     name: str
     nginx: Path
     module: Path
+    # The Python the module embeds, and the virtualenv made from it (tests/requirements.txt)
+    # that the tests use as wsgi_python_home (@VENV@).
+    python: Path = Path(SYSTEM_PYTHON)
+    venv: Path = TEST_VENV
+    python_version: str = "3.11"
+
+    @property
+    def venv_python(self) -> Path:
+        return self.venv / "bin" / "python"
 
     def missing(self) -> Optional[str]:
-        """Why this flavour cannot run, or None when binary and module exist."""
+        """Why this flavour cannot run, or None when binary, module (and for the other
+        Pythons' flavours, their interpreter and virtualenv) exist."""
         problems = []
         if not self.nginx.is_file():
             problems.append(f"nginx binary {self.nginx} not found")
         if not self.module.is_file():
-            problems.append(f"module {self.module} not found")
+            problems.append(f"module {self.module} not found"
+                            + (f" (make build-py{self.python_version})"
+                               if self.name.startswith("py") else ""))
+        # build/venv (the one pytest runs in) is checked by the tests that use it; another
+        # Python's flavour cannot run without its own.
+        if self.venv != TEST_VENV and not self.python.is_file():
+            problems.append(f"Python {self.python} not found")
+        if self.venv != TEST_VENV and not self.venv_python.is_file():
+            problems.append(f"virtualenv {self.venv} not found"
+                            + (f" (make venv-py{self.python_version})"
+                               if self.name.startswith("py") else ""))
         return "; ".join(problems) or None
 
     def compiled_out(self) -> set:
@@ -86,12 +106,31 @@ def _compiled_out(nginx: str) -> frozenset:
     return frozenset(re.findall(r"--without-(http_\w+?)_module", out.stdout + out.stderr))
 
 
+# Other CPythons (issue 12): Debian's nginx with build/py3.X/ngx_http_wsgi_module.so, the
+# module built for that Python (`make build-py3.X`), and build/venv-py3.X, a virtualenv made
+# from it (`make venv-py3.X`). NGX_WSGI_PYTHON3_12 / NGX_WSGI_PYTHON3_13 name other
+# interpreters (the Makefile's PYTHON3.12 / PYTHON3.13), NGX_WSGI_PYTHON3_N adds py3.N.
+PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+EXTRA_PYTHONS = {
+    "3.12": PYENV_VERSIONS / "3.12.1" / "bin" / "python3.12",
+    "3.13": PYENV_VERSIONS / "3.13.0" / "bin" / "python3.13",
+}
+for _key, _value in os.environ.items():  # NGX_WSGI_PYTHON3_14=... adds a py3.14 flavour
+    _match = re.fullmatch(r"NGX_WSGI_PYTHON3_([0-9]+)", _key)
+    if _match and _value:
+        EXTRA_PYTHONS[f"3.{_match.group(1)}"] = Path(_value)
+
 FLAVORS = {
     "debian": Flavor("debian", Path("/usr/sbin/nginx"),
                      BUILD_DIR / "debian" / "ngx_http_wsgi_module.so"),
     "vendored": Flavor("vendored", BUILD_DIR / "vendored" / "nginx",
                        BUILD_DIR / "vendored" / "ngx_http_wsgi_module.so"),
 }
+for _version, _python in EXTRA_PYTHONS.items():
+    FLAVORS[f"py{_version}"] = Flavor(
+        f"py{_version}", Path("/usr/sbin/nginx"),
+        BUILD_DIR / f"py{_version}" / "ngx_http_wsgi_module.so",
+        python=_python, venv=BUILD_DIR / f"venv-py{_version}", python_version=_version)
 
 
 def selected_flavor_names() -> list:
@@ -330,7 +369,7 @@ class NginxServer:
     ``@PYLIB@``  <prefix>/pylib, holding a generated ``ngxtest_settings`` module
                  (``STATE_DIR``, ``PORT``) that fixture apps import
     ``@STATE@``  <prefix>/state, a scratch directory the apps write into
-    ``@VENV@``   the test virtualenv (build/venv)
+    ``@VENV@``   the flavour's test virtualenv (build/venv, or build/venv-py3.X)
 
     The constructor only prepares the directories; call ``start()``.
     """
@@ -389,7 +428,7 @@ class NginxServer:
             "@APPS@": str(APPS_DIR),
             "@PYLIB@": str(self.pylib),
             "@STATE@": str(self.state_dir),
-            "@VENV@": str(TEST_VENV),
+            "@VENV@": str(self.flavor.venv),
         }.items():
             text = text.replace(key, value)
         return text
@@ -637,11 +676,15 @@ def explain(resp, server: "NginxServer") -> str:
     return f"response {what}\n--- error.log (tail) ---\n{server.log_tail()}"
 
 
-def make_venv_with_module(target: Path, module_name: str, source: str) -> Path:
-    """A bare virtualenv (no pip) whose site-packages holds ``<module_name>.py``."""
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(target)], check=True,
+def make_venv_with_module(target: Path, module_name: str, source: str,
+                          flavor: Optional[Flavor] = None) -> Path:
+    """A bare virtualenv (no pip) of the flavour's Python (default: Debian's 3.11) whose
+    site-packages holds ``<module_name>.py``."""
+    python = str(flavor.python) if flavor else SYSTEM_PYTHON
+    version = flavor.python_version if flavor else "3.11"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(target)], check=True,
                    timeout=120, capture_output=True)
-    site = target / "lib" / "python3.11" / "site-packages"
+    site = target / "lib" / f"python{version}" / "site-packages"
     assert site.is_dir(), f"no site-packages in {target}"
     (site / f"{module_name}.py").write_text(source)
     return site

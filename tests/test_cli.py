@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import BAD_LOG_PATTERNS, ROOT, children_of, free_port, pid_alive, wait_until
+from harness import (BAD_LOG_PATTERNS, FLAVORS, ROOT, children_of, free_port, pid_alive,
+                     wait_until)
 
 CLI = ROOT / "tools" / "ngx_wsgi_cli.py"
 
@@ -71,14 +72,16 @@ def processes_mentioning(text):
 class Cli:
     """One `ngx-wsgi serve` process."""
 
-    def __init__(self, flavor, workdir: Path, app: str, *extra, server_root=True):
+    def __init__(self, flavor, workdir: Path, app: str, *extra, server_root=True,
+                 pass_module=True):
         self.workdir = workdir
         self.port = free_port()
         self.server_root = workdir / "server-root" if server_root else None
         self.out_path = workdir / "cli.stdout"
         self.err_path = workdir / "cli.stderr"
+        module = ["--module", str(flavor.module)] if pass_module else []
         self.cmd = [sys.executable, str(CLI), "serve", app,
-                    "--nginx", str(flavor.nginx), "--module", str(flavor.module),
+                    "--nginx", str(flavor.nginx), *module,
                     "--port", str(self.port), *extra]
         if self.server_root:
             self.cmd += ["--server-root", str(self.server_root)]
@@ -389,3 +392,72 @@ def test_status_option(cli, tmp_path):
     assert all(w["threads"] == 3 for w in doc["workers"])
     assert sum(w["requests"] for w in doc["workers"]) >= 5
     assert "wsgi_status;" in (c.server_root / "nginx.conf").read_text()
+
+
+VERSION_APP = '''
+import sys
+
+
+def application(environ, start_response):
+    data = "python=%d.%d prefix=%s" % (sys.version_info[0], sys.version_info[1], sys.prefix)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [data.encode()]
+'''
+
+
+@pytest.mark.parametrize("name", ["debian", "py3.12", "py3.13"])
+def test_venv_picks_the_module_for_its_python(name, tmp_path):
+    """Without --module, --venv V serves with the module built for V's Python: build/debian
+    (or the installed package's) for 3.11, build/py3.X for the others; the app runs on it."""
+    flavor = FLAVORS[name]
+    if flavor.missing():
+        pytest.skip(f"flavour {name} not built: {flavor.missing()}")
+    installed = Path("/usr/lib/nginx/modules/ngx_http_wsgi_module.so")
+    expected = (installed if name == "debian" and installed.is_file() else flavor.module)
+    (tmp_path / "wsgi.py").write_text(VERSION_APP)
+    conf = subprocess.run([sys.executable, str(CLI), "serve", "wsgi.py", "--venv",
+                           str(flavor.venv), "--nginx", str(flavor.nginx), "--print-config"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert conf.returncode == 0, conf.stderr
+    assert f"load_module {expected};" in conf.stdout, conf.stdout
+    c = Cli(flavor, tmp_path, "wsgi.py", "--venv", str(flavor.venv), pass_module=False)
+    try:
+        c.start()
+        assert "warning" not in c.stderr(), c.stderr()
+        resp = c.get("/")
+        assert resp.status_code == 200, c.stderr()
+        assert resp.text == f"python={flavor.python_version} prefix={flavor.venv}", resp.text
+        rc, _ = c.stop()
+        assert rc == 0, c.stderr()
+        assert not c.bad_log_lines(), c.stderr()
+    finally:
+        c.kill()
+
+
+def test_venv_without_a_module_for_its_python(tmp_path):
+    """A virtualenv of a Python no module was built for: exit 2 naming the venv's Python
+    and the `make build PYTHON=...` command that builds a module for it. The version comes
+    from pyvenv.cfg, or from asking the venv's bin/python when pyvenv.cfg has none."""
+    (tmp_path / "wsgi.py").write_text(VERSION_APP)
+    with_cfg = tmp_path / "venv39"
+    with_cfg.mkdir()
+    (with_cfg / "pyvenv.cfg").write_text("home = /opt/python3.9/bin\n"
+                                         "include-system-site-packages = false\n"
+                                         "version = 3.9.18\n")
+    asked = tmp_path / "venv38"
+    (asked / "bin").mkdir(parents=True)
+    (asked / "pyvenv.cfg").write_text("home = /opt/python3.8/bin\n")
+    (asked / "bin" / "python").write_text("#!/bin/sh\necho 3.8\n")
+    (asked / "bin" / "python").chmod(0o755)
+    for venv, version, base in ((with_cfg, "3.9", "/opt/python3.9/bin/python3.9"),
+                                (asked, "3.8", "/opt/python3.8/bin/python3.8")):
+        out = subprocess.run([sys.executable, str(CLI), "serve", "wsgi.py", "--venv", str(venv),
+                              "--port", str(free_port())],
+                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert f"is a Python {version} virtualenv" in out.stderr, out.stderr
+        assert f"make build PYTHON={base}" in out.stderr, out.stderr
+        assert f"build/py{version}/ngx_http_wsgi_module.so" in out.stderr, out.stderr
+        assert "serving http://" not in out.stderr

@@ -1,7 +1,7 @@
 """A real framework: the Django admin (tests/apps/djangosite) with sqlite.
 
 Before nginx starts, ``manage.py migrate`` and ``createsuperuser --noinput``
-run with build/venv/bin/python against a database in the test's temp dir; the
+run with the flavour's test virtualenv's python (build/venv/bin/python) against a database in the test's temp dir; the
 workers get the database path through nginx's ``env`` directive.
 """
 
@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import requests
 
-from harness import APPS_DIR, TEST_VENV, explain
+from harness import APPS_DIR, explain
 
 DJANGO_CONF = """
     wsgi_python_home @VENV@;
@@ -29,25 +29,25 @@ USERNAME = "admin"
 PASSWORD = "ngx-wsgi-admin-pw"
 
 
-def manage(db, *args):
+def manage(python, db, *args):
     env = dict(os.environ, NGX_WSGI_DJANGO_DB=str(db),
                DJANGO_SETTINGS_MODULE="djangosite.settings",
                DJANGO_SUPERUSER_PASSWORD=PASSWORD)
-    proc = subprocess.run([str(TEST_VENV / "bin" / "python"), "manage.py", *args],
+    proc = subprocess.run([str(python), "manage.py", *args],
                           cwd=APPS_DIR / "djangosite", env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"manage.py {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
 
 
 @pytest.fixture(scope="module")
-def django_server(nginx_module_servers, tmp_path_factory):
-    python = TEST_VENV / "bin" / "python"
+def django_server(nginx_module_servers, tmp_path_factory, flavor):
+    python = flavor.venv_python
     check = subprocess.run([str(python), "-c", "import django"], capture_output=True, timeout=60)
     if check.returncode != 0:
-        pytest.skip(f"django is not installed in {TEST_VENV}")
+        pytest.skip(f"django is not installed in {flavor.venv}")
     db = tmp_path_factory.mktemp("django") / "db.sqlite3"
-    manage(db, "migrate", "--noinput")
-    manage(db, "createsuperuser", "--noinput", "--username", USERNAME,
+    manage(python, db, "migrate", "--noinput")
+    manage(python, db, "createsuperuser", "--noinput", "--username", USERNAME,
            "--email", "admin@example.com")
     return nginx_module_servers(DJANGO_CONF, main_conf=f"env NGX_WSGI_DJANGO_DB={db};",
                                 name="django")

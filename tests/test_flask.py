@@ -1,6 +1,7 @@
 """A real framework: Flask (tests/apps/flaskapp/app.py) from the test virtualenv.
 
-``wsgi_python_home`` points at build/venv, where Flask is installed.
+``wsgi_python_home`` points at the flavour's test virtualenv (build/venv, or
+build/venv-py3.X), where Flask is installed.
 """
 
 import hashlib
@@ -8,7 +9,7 @@ import subprocess
 
 import pytest
 
-from harness import TEST_VENV, explain
+from harness import explain
 
 FLASK_CONF = """
     wsgi_python_home @VENV@;
@@ -23,11 +24,11 @@ FLASK_CONF = """
 
 
 @pytest.fixture(scope="module")
-def flask_server(nginx_module_servers):
-    python = TEST_VENV / "bin" / "python"
-    check = subprocess.run([str(python), "-c", "import flask"], capture_output=True, timeout=60)
+def flask_server(nginx_module_servers, flavor):
+    check = subprocess.run([str(flavor.venv_python), "-c", "import flask"], capture_output=True,
+                           timeout=60)
     if check.returncode != 0:
-        pytest.skip(f"flask is not installed in {TEST_VENV}")
+        pytest.skip(f"flask is not installed in {flavor.venv}")
     return nginx_module_servers(FLASK_CONF, name="flask")
 
 

@@ -131,9 +131,9 @@ VENV_MODULE = 'MARKER = "only-in-the-test-venv"\n'
 
 
 @pytest.fixture(scope="module")
-def venv_server(nginx_module_servers, tmp_path_factory):
+def venv_server(nginx_module_servers, tmp_path_factory, flavor):
     venv = tmp_path_factory.mktemp("venv") / "env"
-    make_venv_with_module(venv, "ngxtest_venv_only", VENV_MODULE)
+    make_venv_with_module(venv, "ngxtest_venv_only", VENV_MODULE, flavor)
     conf = f"""
     wsgi_python_home {venv};
     server {{

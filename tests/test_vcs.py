@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-from harness import TEST_VENV
 
 VCS_CONF = """
     wsgi_python_home @VENV@;
@@ -56,13 +55,13 @@ COMMAND_TIMEOUT = 180
 # helpers
 # --------------------------------------------------------------------------
 
-def need(module, command):
-    """Skip unless ``module`` imports in the test virtualenv and ``command`` is on PATH."""
-    python = TEST_VENV / "bin" / "python"
-    check = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
-                           timeout=60)
+def need(flavor, module, command):
+    """Skip unless ``module`` imports in the flavour's test virtualenv and ``command`` is on
+    PATH."""
+    check = subprocess.run([str(flavor.venv_python), "-c", f"import {module}"],
+                           capture_output=True, timeout=60)
     if check.returncode != 0:
-        pytest.skip(f"{module} is not installed in {TEST_VENV} (tests/requirements.txt)")
+        pytest.skip(f"{module} is not installed in {flavor.venv} (tests/requirements.txt)")
     if shutil.which(command) is None:
         pytest.skip(f"no {command} command")
 
@@ -152,9 +151,9 @@ def small_files(tag: str) -> dict:
 # --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=list(MODES))
-def git_server(request, nginx_module_servers):
+def git_server(request, nginx_module_servers, flavor):
     """nginx serving tests/apps/gitserver.py (dulwich) for STATE_DIR/git/*.git."""
-    need("dulwich", "git")
+    need(flavor, "dulwich", "git")
     mode = request.param
     srv = nginx_module_servers(VCS_CONF.format(threads=MODES[mode], app="gitserver.py"),
                                name=f"git-{mode}", start=False)
@@ -281,10 +280,10 @@ HG_SERVER_RC = b"[web]\npush_ssl = False\nallow_push = *\n"
 
 
 @pytest.fixture(scope="module", params=list(MODES))
-def hg_server(request, nginx_module_servers, tmp_path_factory):
+def hg_server(request, nginx_module_servers, tmp_path_factory, flavor):
     """nginx serving tests/apps/hgserver.py (hgweb) for STATE_DIR/hg/repo, which
     is created (with one seed commit) before nginx starts."""
-    need("mercurial.hgweb", "hg")
+    need(flavor, "mercurial.hgweb", "hg")
     mode = request.param
     srv = nginx_module_servers(VCS_CONF.format(threads=MODES[mode], app="hgserver.py"),
                                name=f"hg-{mode}", start=False)

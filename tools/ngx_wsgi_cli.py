@@ -37,8 +37,11 @@ PROG = "ngx-wsgi"
 
 DEFAULT_NGINX = "/usr/sbin/nginx"
 SYSTEM_MODULE = Path("/usr/lib/nginx/modules/ngx_http_wsgi_module.so")
-# When run from a source tree: tools/ngx_wsgi_cli.py -> <repo>/build/debian/...
-REPO_MODULE = Path(__file__).resolve().parents[1] / "build" / "debian" / "ngx_http_wsgi_module.so"
+# When run from a source tree: tools/ngx_wsgi_cli.py -> <repo>/build/debian/... (Debian's
+# Python 3.11), and build/py3.X/... for other Pythons (`make build PYTHON=.../python3.X`).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_BUILD = REPO_ROOT / "build"
+REPO_MODULE = REPO_BUILD / "debian" / "ngx_http_wsgi_module.so"
 SYSTEM_MIME_TYPES = Path("/etc/nginx/mime.types")
 
 # Used when /etc/nginx/mime.types is not there (e.g. an nginx built from source).
@@ -234,14 +237,83 @@ def module_info(module: Path) -> dict:
     return info
 
 
-def venv_python_version(venv: Path) -> str:
-    """``3.11`` from a virtualenv's pyvenv.cfg ('' when unknown)."""
+def pyvenv_cfg(venv: Path) -> dict:
+    """The keys and values of a virtualenv's pyvenv.cfg (empty when there is none)."""
     try:
         text = (venv / "pyvenv.cfg").read_text()
     except OSError:
-        return ""
-    match = re.search(r"(?m)^\s*version(?:_info)?\s*=\s*(3\.[0-9]+)", text)
-    return match.group(1) if match else ""
+        return {}
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip().lower()] = value.strip()
+    return values
+
+
+def venv_python_version(venv: Path) -> str:
+    """``3.11`` from a virtualenv's pyvenv.cfg (``version`` or ``version_info``), else from
+    asking its ``bin/python``; '' when unknown."""
+    cfg = pyvenv_cfg(venv)
+    for key in ("version_info", "version"):
+        match = re.match(r"(3\.[0-9]+)", cfg.get(key, ""))
+        if match:
+            return match.group(1)
+    python = venv / "bin" / "python"
+    if python.is_file():
+        try:
+            out = subprocess.run([str(python), "-c",
+                                  "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        if out.returncode == 0 and re.fullmatch(r"3\.[0-9]+", out.stdout.strip()):
+            return out.stdout.strip()
+    return ""
+
+
+def venv_base_python(venv: Path, version: str) -> str:
+    """The interpreter the virtualenv was made from (for the `make build PYTHON=` hint)."""
+    cfg = pyvenv_cfg(venv)
+    if cfg.get("executable"):
+        return cfg["executable"]
+    if cfg.get("home"):
+        return str(Path(cfg["home"]) / f"python{version}")
+    return f"/path/to/python{version}"
+
+
+def module_candidates(version: str) -> list:
+    """Where a module for Python ``version`` may be: the installed package's, then this
+    source tree's build/debian (Debian's Python 3.11) and build/py<version>."""
+    candidates = [SYSTEM_MODULE, REPO_MODULE,
+                  REPO_BUILD / f"py{version}" / "ngx_http_wsgi_module.so"]
+    unique = []
+    for path in candidates:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+def module_for_venv(venv: Path) -> Optional[Path]:
+    """The module that embeds the Python of ``venv`` (None when the venv's Python is unknown:
+    the default module is used then). UsageError when no built module matches."""
+    version = venv_python_version(venv)
+    if not version:
+        return None
+    tried = []
+    for path in module_candidates(version):
+        if not path.is_file():
+            continue
+        embeds = module_info(path)["libpython"]
+        if embeds == version:
+            return path
+        tried.append(f"{path} embeds Python {embeds or '?'}")
+    looked = "; ".join(tried) if tried else "none found"
+    raise UsageError(
+        f"--venv {venv} is a Python {version} virtualenv, and no ngx_http_wsgi_module.so "
+        f"built for Python {version} was found ({looked}). Build one in the source tree "
+        f"with 'make build PYTHON={venv_base_python(venv, version)}' "
+        f"(it writes build/py{version}/ngx_http_wsgi_module.so), or pass --module PATH")
 
 
 # --------------------------------------------------------------------------
@@ -628,7 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wsgi_timeout, e.g. 30s (default: the module's, 60s)")
     serve.add_argument("--venv", default=os.environ.get("VIRTUAL_ENV") or None,
                        help="virtualenv the application imports from, wsgi_python_home "
-                            "(default: $VIRTUAL_ENV)")
+                            "(default: $VIRTUAL_ENV); without --module, the module built "
+                            "for its Python version is used")
     serve.add_argument("--python-path", action="append", default=[], metavar="DIR",
                        help="directory prepended to sys.path (wsgi_python_path), repeatable "
                             "(default: the script's directory, or the current directory "
@@ -650,8 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--nginx", default=DEFAULT_NGINX,
                        help=f"the nginx binary (default: {DEFAULT_NGINX})")
     serve.add_argument("--module", default=None,
-                       help=f"ngx_http_wsgi_module.so (default: {SYSTEM_MODULE} if it exists, "
-                            "else build/debian/ngx_http_wsgi_module.so of this source tree)")
+                       help=f"ngx_http_wsgi_module.so (default: the one built for the "
+                            f"Python of --venv: {SYSTEM_MODULE}, or build/debian/ (3.11) or "
+                            "build/py3.X/ of this source tree; without --venv "
+                            f"{SYSTEM_MODULE} if it exists, else build/debian/)")
     serve.add_argument("--server-root", default=None, metavar="DIR",
                        help="directory for nginx.conf, the pid file and temp files; "
                             "(default: a fresh temporary directory, removed at exit)")
@@ -668,9 +743,19 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args) -> Settings:
     app = parse_app(args.app)
 
+    venv = None
+    if args.venv:
+        venv = Path(os.path.abspath(os.path.expanduser(args.venv)))
+        if not venv.is_dir():
+            raise UsageError(f"--venv {venv}: not a directory")
+
+    module = None
     if args.module:
         module = Path(os.path.abspath(os.path.expanduser(args.module)))
-    else:
+    elif venv:
+        # The module must embed the venv's Python: pick the one built for it.
+        module = module_for_venv(venv)
+    if module is None:
         module = SYSTEM_MODULE if SYSTEM_MODULE.is_file() else REPO_MODULE
     nginx = args.nginx
     if "/" not in nginx:
@@ -688,12 +773,6 @@ def settings_from_args(args) -> Settings:
         raise UsageError(f"--timeout {args.timeout!r}: an nginx time such as 30s or 2m")
     if not re.fullmatch(r"[0-9]+[kKmMgG]?", args.max_body_size):
         raise UsageError(f"--max-body-size {args.max_body_size!r}: a size such as 10m")
-
-    venv = None
-    if args.venv:
-        venv = Path(os.path.abspath(os.path.expanduser(args.venv)))
-        if not venv.is_dir():
-            raise UsageError(f"--venv {venv}: not a directory")
 
     python_path = [Path(os.path.abspath(os.path.expanduser(p))) for p in args.python_path]
     if not python_path:
