@@ -285,6 +285,19 @@ def test_stdout_and_stderr_are_text_streams(srv):
         srv.wait_log(marker, since=mark)
 
 
+def test_lines_from_application_threads_get_nginx_prefix(srv):
+    """Finding 12: a thread the application starts (in both modes) writes through
+    nginx's logger on the event loop, so its lines carry nginx's time, level and pid
+    prefix (raw writes to fd 2 from that thread would not)."""
+    tok = token()
+    mark = srv.log_mark()
+    resp = srv.get(f"/thread-log?token={tok}")
+    assert resp.status_code == 200, explain(resp, srv)
+    prefix = r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[%s\] \d+#\d+: "
+    srv.wait_log(re.compile(prefix % "error" + f"marker-thread-stderr-{tok}$", re.M), since=mark)
+    srv.wait_log(re.compile(prefix % "notice" + f"marker-thread-stdout-{tok}$", re.M), since=mark)
+
+
 # --------------------------------------------------------------------------
 # 7. start_response / write() outliving the request
 # --------------------------------------------------------------------------

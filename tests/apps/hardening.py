@@ -173,6 +173,20 @@ def stdio(environ, start_response, q):
     return _json(start_response, report)
 
 
+def thread_log(environ, start_response, q):
+    """A thread the application starts writes to sys.stderr and sys.stdout."""
+    tok = q["token"]
+
+    def talk():
+        sys.stderr.write(f"marker-thread-stderr-{tok}\n")
+        print(f"marker-thread-stdout-{tok}")
+
+    t = threading.Thread(target=talk)
+    t.start()
+    t.join()
+    return _plain(start_response, b"talked")
+
+
 def cycle(environ, start_response, q):
     write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     junk = {"start_response": start_response, "write": write}
@@ -299,6 +313,7 @@ ROUTES = {
     "/environ": environ_route,
     "/input-race": input_race,
     "/stdio": stdio,
+    "/thread-log": thread_log,
     "/cycle": cycle,
     "/save-write": save_write,
     "/call-saved": call_saved,
