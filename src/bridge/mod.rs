@@ -37,7 +37,7 @@ use crate::log::Log;
 use crate::nginx::output::{self, output_busy, NgxSink};
 use crate::nginx::writer::{self, Drain};
 use crate::python::exchange::{Event, Exchange};
-use crate::python::response::Sink;
+use crate::python::response::{Sink, SinkError};
 use crate::python::wsgi::{Outcome, Running, Step};
 
 pub mod wake;
@@ -107,6 +107,9 @@ pub struct LoopState {
     finished: bool,
     /// nginx ran our cleanup handler (terminated the request) before we finished.
     cleaned: bool,
+    /// nginx answers with this status instead of the application (`SinkError::Answered`):
+    /// the thread's events are dropped, the request is finalized with it.
+    answered: Option<u16>,
 }
 
 fn log_of(r: *mut ngx_http_request_t) -> *mut ngx::ffi::ngx_log_t {
@@ -139,6 +142,7 @@ impl LoopState {
             aborted: false,
             finished: false,
             cleaned: false,
+            answered: None,
         }))
     }
 }
@@ -370,7 +374,16 @@ unsafe fn pump(ls: *mut LoopState) {
                         s.headers_sent = true;
                         s.body_allowed = body;
                     }
-                    Err(_) => abort(s),
+                    Err(SinkError::Answered(status)) => {
+                        // Not a lost client: nginx answers. The application stops (its next
+                        // write fails) and its close() runs; the answer waits for Done.
+                        s.answered = Some(status);
+                        s.body_allowed = false;
+                        if let Work::Thread { ex, .. } = &s.work {
+                            ex.cancel();
+                        }
+                    }
+                    Err(SinkError::Closed) => abort(s),
                 }
                 progress(s);
             }
@@ -406,6 +419,30 @@ unsafe fn pump(ls: *mut LoopState) {
                 if unsafe { output_busy(s.r) } {
                     // Now the client is the slow side: send_timeout watches it, and the
                     // application's timeout waits until output flows again.
+                    s.waiting_write = true;
+                    // SAFETY: the loop state's own timer; the live request.
+                    unsafe {
+                        if s.timer.timer_set() != 0 {
+                            ngx_del_timer(&mut s.timer);
+                        }
+                        arm_write(s);
+                    }
+                    return;
+                }
+            }
+            Event::File(file) => {
+                if s.aborted || !s.body_allowed {
+                    continue;
+                }
+                crate::debug!(log_of(s.r), "wsgi body: {} bytes of a file", file.len);
+                // SAFETY: see `sink` above.
+                if unsafe { (*sink).file_body(file) }.is_err() {
+                    abort(s);
+                    continue;
+                }
+                progress(s);
+                // SAFETY: the live request.
+                if unsafe { output_busy(s.r) } {
                     s.waiting_write = true;
                     // SAFETY: the loop state's own timer; the live request.
                     unsafe {
@@ -491,8 +528,11 @@ unsafe fn complete(ls: *mut LoopState, outcome: Outcome) {
         let c = (*r).connection;
         let rc = if s.cleaned || s.aborted || (*c).error() != 0 {
             NGX_ERROR as ngx_int_t
+        } else if let Some(status) = s.answered {
+            status as ngx_int_t
         } else {
             match outcome {
+                Outcome::Answered(status) => status as ngx_int_t,
                 // What nginx could not send yet, its own writer sends after finalize.
                 Outcome::Complete { short } => output::finish(r, short),
                 Outcome::FailedEarly if !s.headers_sent => {
@@ -588,7 +628,14 @@ extern "C" fn cleanup(data: *mut c_void) {
         s.cleaned = true;
         s.aborted = true;
         match &mut s.work {
-            Work::Thread { ex, .. } => ex.cancel(),
+            Work::Thread { ex, .. } => {
+                ex.cancel();
+                // Events may wait while output waited for the client (even the thread's
+                // Done): pump them on the next loop turn, not here inside nginx's
+                // termination, so the request is finalized (nginx keeps it for us through
+                // `blocked`).
+                wake::wake(ex.clone());
+            }
             Work::Inline { running, .. } => {
                 if let Some(run) = running.take() {
                     Python::attach(|py| run.abandon(py));

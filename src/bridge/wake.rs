@@ -41,7 +41,7 @@ fn signal(efd: RawFd) {
 }
 
 /// Thread side: `ex` has events for the loop.
-fn wake(ex: Arc<Exchange>) {
+pub(super) fn wake(ex: Arc<Exchange>) {
     let Some(s) = SHARED.get() else { return };
     let mut inbox = s.inbox.lock().unwrap_or_else(|e| e.into_inner());
     let first = inbox.0.is_empty() && inbox.1.is_empty();

@@ -142,6 +142,7 @@ fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
         Outcome::Complete { short } => unsafe { output::finish(r, short) },
         Outcome::FailedEarly => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         Outcome::Refused => ngx::ffi::NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+        Outcome::Answered(status) => status as ngx_int_t,
         Outcome::FailedLate | Outcome::ClientGone => NGX_ERROR as ngx_int_t,
     })
 }

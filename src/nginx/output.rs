@@ -16,6 +16,7 @@ use ngx::ffi::{
     ngx_table_elt_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 
+use crate::python::file_wrapper::FileBody;
 use crate::python::response::{ResponseHead, Sink, SinkError};
 
 /// A `Sink` writing straight into a request, on the event loop.
@@ -331,12 +332,30 @@ impl Sink for NgxSink {
         if head.close {
             r.set_keepalive(0);
         }
+        if head.file_body
+            && head.status == 200
+            && !head
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(b"content-range"))
+        {
+            // A whole regular file: nginx's range filter may answer Range with 206/416.
+            r.set_allow_ranges(1);
+        }
         // SAFETY: sending the header of a live request.
         let rc = unsafe { ngx_http_send_header(r) };
+        if rc > NGX_OK as ngx_int_t && rc < 1000 {
+            // A header filter wants nginx to answer instead (416 for a bad range).
+            return Err(SinkError::Answered(rc as u16));
+        }
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return Err(SinkError::Closed);
         }
         Ok(r.header_only() == 0)
+    }
+
+    fn file(&mut self, file: FileBody) -> Result<(), SinkError> {
+        self.file_body(file)
     }
 
     fn paused(&self) -> bool {
@@ -396,6 +415,56 @@ impl NgxSink {
         // SAFETY: reading the connection state of the live request.
         if unsafe { (*(*self.r).connection).error() } != 0 {
             return Err(SinkError::Closed);
+        }
+        Ok(())
+    }
+}
+
+impl NgxSink {
+    /// Sends `file.len` bytes of a regular file as an `in_file` buffer: nginx reads it itself
+    /// (sendfile, `aio`, `output_buffers`, and filters that need memory read it through the
+    /// copy filter). The descriptor belongs to the request pool from here on.
+    pub fn file_body(&mut self, file: FileBody) -> Result<(), SinkError> {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: constructor contract: the live request's pool and connection, on its thread.
+        unsafe {
+            let r = &mut *self.r;
+            let pool = r.pool;
+            let log = (*r.connection).log;
+            let size = core::mem::size_of::<ngx::ffi::ngx_pool_cleanup_file_t>();
+            let cln = ngx::ffi::ngx_pool_cleanup_add(pool, size);
+            let f = ngx::ffi::ngx_pcalloc(pool, core::mem::size_of::<ngx::ffi::ngx_file_t>())
+                as *mut ngx::ffi::ngx_file_t;
+            let b = ngx::ffi::ngx_pcalloc(pool, core::mem::size_of::<ngx::ffi::ngx_buf_t>())
+                as *mut ngx::ffi::ngx_buf_t;
+            let cl = ngx::ffi::ngx_alloc_chain_link(pool);
+            if cln.is_null() || f.is_null() || b.is_null() || cl.is_null() {
+                return Err(SinkError::Closed);
+            }
+            let fd = file.fd.into_raw_fd();
+            let name = c"wsgi.file_wrapper";
+            let clnf = (*cln).data as *mut ngx::ffi::ngx_pool_cleanup_file_t;
+            (*clnf).fd = fd;
+            (*clnf).name = name.as_ptr() as *mut u8;
+            (*clnf).log = log;
+            (*cln).handler = Some(ngx::ffi::ngx_pool_cleanup_file);
+            (*f).fd = fd;
+            (*f).name = ngx_str_t {
+                len: name.to_bytes().len(),
+                data: name.as_ptr() as *mut u8,
+            };
+            (*f).log = log;
+            (*b).file = f;
+            (*b).set_in_file(1);
+            (*b).file_pos = file.offset as _;
+            (*b).file_last = (file.offset + file.len) as _;
+            (*b).set_flush(1);
+            (*cl).buf = b;
+            (*cl).next = ptr::null_mut();
+            let rc = ngx_http_output_filter(r, cl);
+            if rc == NGX_ERROR as ngx_int_t || (*r.connection).error() != 0 {
+                return Err(SinkError::Closed);
+            }
         }
         Ok(())
     }

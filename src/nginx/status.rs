@@ -29,6 +29,7 @@ pub(crate) extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             content_length: Some(body.len() as u64),
             headers: vec![(b"Cache-Control".to_vec(), b"no-store".to_vec())],
             close: false,
+            file_body: false,
         };
         let mut sink = NgxSink::new(r);
         match sink.start(&head) {

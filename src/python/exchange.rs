@@ -39,6 +39,8 @@ pub fn set_waker(waker: Waker) {
 pub enum Event {
     Head(ResponseHead),
     Body(Vec<u8>),
+    /// A regular file as the whole body.
+    File(crate::python::file_wrapper::FileBody),
     Log(u32, String),
     /// The outcome, and how long the application ran.
     Done(Outcome, std::time::Duration),
@@ -225,6 +227,14 @@ impl Sink for ThreadSink {
 
     fn no_body(&self) -> bool {
         self.no_body
+    }
+
+    fn file(&mut self, file: crate::python::file_wrapper::FileBody) -> Result<(), SinkError> {
+        if self.ex.is_cancelled() {
+            return Err(SinkError::Closed);
+        }
+        self.ex.push(Event::File(file));
+        Ok(())
     }
 
     fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {

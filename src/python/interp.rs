@@ -323,6 +323,13 @@ impl Worker {
     }
 }
 
+/// Takes ownership of a descriptor Python just duplicated for us (`os.dup`).
+pub fn own_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is a fresh duplicate nothing else owns or closes (os.dup made it).
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
 /// The `major.minor` of the Python this module embeds (readable before it starts).
 pub fn embedded_version() -> (u32, u32) {
     // SAFETY: Py_GetVersion returns a static string and may be called before initialization.

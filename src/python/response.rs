@@ -34,6 +34,8 @@ pub struct ResponseHead {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// The application asked for `Connection: close`.
     pub close: bool,
+    /// The body is a regular file (`wsgi.file_wrapper`): nginx may answer ranges of it.
+    pub file_body: bool,
 }
 
 impl ResponseHead {
@@ -56,6 +58,10 @@ impl ResponseHead {
 pub enum SinkError {
     /// The client went away or the connection failed.
     Closed,
+    /// nginx answers the request itself with this status instead of the application's
+    /// response (a header filter's verdict, such as 416 for an unsatisfiable range, an
+    /// intercepted error page, an `X-Accel-Redirect`): the body is not wanted.
+    Answered(u16),
 }
 
 /// Where a response goes: nginx's header and body filters (see `output.rs`), or later a
@@ -75,6 +81,8 @@ pub trait Sink {
     fn no_body(&self) -> bool {
         false
     }
+    /// Sends `len` bytes of a regular file as the body (nginx reads it, with sendfile).
+    fn file(&mut self, file: crate::python::file_wrapper::FileBody) -> Result<(), SinkError>;
     /// Sends a piece of a body whose next piece is already at hand (a list): the sink may
     /// hold it until the next piece or the end, to hand the response over at once.
     fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
@@ -212,6 +220,8 @@ pub struct Responder {
     pub max_header: usize,
     /// Why the head was refused (too big), for the log.
     pub refused: Option<String>,
+    /// nginx answers with this status instead (see `SinkError::Answered`).
+    pub answered: Option<u16>,
     pub sink: Box<dyn Sink>,
 }
 
@@ -227,6 +237,7 @@ impl Responder {
             ended: false,
             max_header,
             refused: None,
+            answered: None,
             sink,
         }
     }
@@ -258,6 +269,11 @@ impl Responder {
                 Ok(())
             }
             Err(SinkError::Closed) => {
+                self.client_gone = true;
+                Err(client_gone())
+            }
+            Err(SinkError::Answered(status)) => {
+                self.answered = Some(status);
                 self.client_gone = true;
                 Err(client_gone())
             }
@@ -297,7 +313,38 @@ impl Responder {
                 self.bytes_sent += data.len() as u64;
                 Ok(())
             }
-            Err(SinkError::Closed) => {
+            Err(_) => {
+                self.client_gone = true;
+                Err(client_gone())
+            }
+        }
+    }
+
+    /// Sends a regular file as the whole body: its length is the Content-Length unless the
+    /// application gave one (then at most that much is sent).
+    pub fn send_file(&mut self, mut file: crate::python::file_wrapper::FileBody) -> PyResult<()> {
+        if let Some(head) = self.head.as_mut() {
+            match head.content_length {
+                Some(cl) if cl < file.len => {
+                    self.excess += file.len - cl;
+                    file.len = cl;
+                }
+                Some(_) => {}
+                None => head.content_length = Some(file.len),
+            }
+            head.file_body = true;
+        }
+        self.send_headers()?;
+        if !self.body_allowed || file.len == 0 {
+            return Ok(());
+        }
+        let len = file.len;
+        match self.sink.file(file) {
+            Ok(()) => {
+                self.bytes_sent += len;
+                Ok(())
+            }
+            Err(_) => {
                 self.client_gone = true;
                 Err(client_gone())
             }

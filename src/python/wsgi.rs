@@ -39,6 +39,8 @@ pub enum Outcome {
     ClientGone,
     /// The application's response was refused (headers too big): answer 502.
     Refused,
+    /// nginx answers the request itself with this status (`SinkError::Answered`).
+    Answered(u16),
 }
 
 /// What `Running::resume` did.
@@ -152,6 +154,14 @@ impl Running {
                 return self.end(py, outcome);
             }
         };
+        if let Ok(wrapper) = result.cast::<crate::python::file_wrapper::FileWrapper>() {
+            if let Some(file) = wrapper.borrow().regular_file(py) {
+                // The file goes to nginx whole; close() runs now, the thread is free.
+                self.result = Some(result.clone().unbind());
+                let sent = self.responder.borrow_mut().send_file(file);
+                return self.finish(py, sent);
+            }
+        }
         self.body = if result.is_exact_instance_of::<PyList>()
             || result.is_exact_instance_of::<PyTuple>()
         {
@@ -251,6 +261,10 @@ impl Running {
         };
         let name = self.name;
         if let Err(e) = iterated {
+            let answered = self.responder.borrow().answered;
+            if let Some(status) = answered {
+                return self.end(py, Outcome::Answered(status));
+            }
             if self.responder.borrow().client_gone {
                 if let Err(e) = closed {
                     self.log
@@ -266,6 +280,10 @@ impl Running {
             // the response itself is whole.
             self.log
                 .exception(py, &format!("wsgi app \"{name}\" close() failed"), &e);
+        }
+        let answered = self.responder.borrow().answered;
+        if let Some(status) = answered {
+            return self.end(py, Outcome::Answered(status));
         }
         if self.responder.borrow().client_gone {
             return self.end(py, Outcome::ClientGone);
@@ -287,6 +305,10 @@ impl Running {
             }
         };
         if let Err(e) = sent {
+            let answered = self.responder.borrow().answered;
+            if let Some(status) = answered {
+                return self.end(py, Outcome::Answered(status));
+            }
             if self.responder.borrow().client_gone {
                 return self.end(py, Outcome::ClientGone);
             }
@@ -325,6 +347,9 @@ impl Running {
     fn failed(&self, py: Python<'_>, e: &PyErr) -> Outcome {
         let r = self.responder.borrow();
         let name = self.name;
+        if let Some(status) = r.answered {
+            return Outcome::Answered(status);
+        }
         if r.client_gone {
             return Outcome::ClientGone;
         }
