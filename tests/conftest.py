@@ -6,6 +6,7 @@
 * ``nginx_module_servers`` (module scope) / ``nginx_servers`` (function
   scope): factories that start an ``NginxServer`` in a temp prefix and stop it
   (SIGQUIT) at teardown, failing if the logs show alerts or crashes.
+* ``checker``: an unstarted server for ``nginx -t`` checks (``harness.expect_emerg``).
 * An autouse check after every test: no ``[alert]``, ``[crit]``, ``[emerg]``
   or ``exited on signal`` line may have appeared in the log of any running
   server during the test, unless the test is marked ``nginx_log_alerts_ok``.
@@ -96,6 +97,13 @@ def nginx_servers(flavor, tmp_path):
     pool = ServerPool(flavor, lambda name: tmp_path / f"{name}-{next(counter)}")
     yield pool
     pool.close()
+
+
+@pytest.fixture
+def checker(nginx_servers):
+    """An unstarted NginxServer that only runs ``nginx -t`` (``harness.expect_emerg``,
+    ``harness.expect_config_ok``, ``NginxServer.nginx_t``)."""
+    return nginx_servers("", name="checker", start=False)
 
 
 @pytest.fixture(autouse=True)

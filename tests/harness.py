@@ -14,18 +14,25 @@ Main pieces:
 * ``raw_http`` / ``RawResponse`` - a tiny HTTP/1.x client on a bare socket, for
   the cases where ``requests`` hides what we want to see (chunk framing,
   HEAD bodies, HTTP/1.0, repeated request headers, arrival times).
+* ``Case`` / ``check`` / ``run_cases`` / ``serve_cases`` / ``expect_emerg`` -
+  declarative tests in the style of Perl's Test::Nginx: a configuration fragment,
+  requests, and the responses (status, body, headers, error-log lines) expected.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -93,17 +100,38 @@ class Flavor:
         return _compiled_out(str(self.nginx))
 
 
+def _load_launcher():
+    """tools/ngx_wsgi_cli.py (a script, not a package) imported from its path: the tests
+    probe nginx (``-V``, ``-h``, ``-v``) with the launcher's own functions."""
+    path = ROOT / "tools" / "ngx_wsgi_cli.py"
+    spec = importlib.util.spec_from_file_location("ngx_wsgi_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("ngx_wsgi_cli", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+launcher = _load_launcher()
+
+
 @functools.lru_cache(maxsize=None)
 def supports_error_log_option(nginx: str) -> bool:
     """Whether ``nginx -e file`` exists (nginx >= 1.19.5)."""
-    out = subprocess.run([nginx, "-h"], capture_output=True, text=True, timeout=30)
-    return "-e filename" in out.stdout + out.stderr
+    return launcher.nginx_has_e_option(nginx)
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_out(nginx: str) -> frozenset:
-    out = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=30)
-    return frozenset(re.findall(r"--without-(http_\w+?)_module", out.stdout + out.stderr))
+    return frozenset(launcher.nginx_compiled_out(nginx))
+
+
+@functools.lru_cache(maxsize=None)
+def nginx_version(nginx: str) -> tuple:
+    """(major, minor, patch) of an nginx binary, from ``nginx -v``."""
+    text = launcher.nginx_version(nginx)
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    assert match, f"no version in the output of {nginx} -v: {text!r}"
+    return tuple(int(x) for x in match.groups())
 
 
 # Other CPythons (issue 12): Debian's nginx with build/py3.X/ngx_http_wsgi_module.so, the
@@ -159,6 +187,11 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def token() -> str:
+    """A short random marker for one request's log lines and state files."""
+    return uuid.uuid4().hex[:12]
 
 
 def proc_stat(pid: int) -> Optional[tuple]:
@@ -674,6 +707,175 @@ def explain(resp, server: "NginxServer") -> str:
     else:
         what = f"{resp.status_code} body={resp.text[:300]!r}"
     return f"response {what}\n--- error.log (tail) ---\n{server.log_tail()}"
+
+
+# --------------------------------------------------------------------------
+# Declarative tests, in the spirit of Perl's Test::Nginx
+# --------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One request and what its response must be (a Test::Nginx block).
+
+    ``request`` is ``"METHOD /path"`` or ``"METHOD /path HTTP/1.0"``; ``headers``
+    (name, value) pairs or a dict, sent in order; ``body`` the request body. ``raw``
+    replaces all that with the exact bytes to send. The request goes over a fresh socket
+    (``Connection: close``) and the response is read to EOF.
+
+    Expectations (unset ones are not checked):
+
+    ``expect_status``   the status code
+    ``expect_body``     the body without its transfer coding: bytes or str (exact), or a
+                        compiled regex searched in the text
+    ``expect_json``     a dict: these keys of the JSON body have these values
+    ``expect_headers``  name -> str (exact value), regex (searched), True (present) or
+                        None (absent)
+    ``expect_log``      strs or regexes that must appear in error.log after the request
+                        was sent (waited for)
+    ``expect_no_log``   strs or regexes that must not be in error.log after the request,
+                        checked once the response and the ``expect_log`` lines are in
+    ``expect_complete`` True (default): the body was delimited properly (terminating
+                        chunk, full length; not checked for HEAD, 1xx, 204 and 304);
+                        False: it was cut off; None: not checked
+    """
+    request: str
+    headers: object = ()
+    body: bytes = b""
+    raw: Optional[bytes] = None
+    expect_status: Optional[int] = 200
+    expect_body: object = None
+    expect_json: Optional[dict] = None
+    expect_headers: dict = field(default_factory=dict)
+    expect_log: tuple = ()
+    expect_no_log: tuple = ()
+    expect_complete: Optional[bool] = True
+    timeout: float = DEFAULT_TIMEOUT
+
+    def to_bytes(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        method, path, *version = self.request.split()
+        headers = self.headers.items() if isinstance(self.headers, dict) else self.headers
+        body = self.body.encode() if isinstance(self.body, str) else self.body
+        return build_request(method, path, list(headers), body, *(version or ["HTTP/1.1"]))
+
+
+def _found(needle, text: str) -> bool:
+    return bool(needle.search(text)) if isinstance(needle, re.Pattern) else needle in text
+
+
+def check(server: "NginxServer", case: Case) -> RawResponse:
+    """Send ``case``'s request to ``server`` and assert its expectations; the response."""
+    mark = server.log_mark()
+    resp = raw_http(server.port, case.to_bytes(), timeout=case.timeout)
+    why = f"{case.request}: {explain(resp, server)}"
+    if case.expect_status is not None:
+        assert resp.status == case.expect_status, f"status != {case.expect_status}; {why}"
+    want = case.expect_body
+    if isinstance(want, re.Pattern):
+        assert want.search(resp.body.decode("utf-8", "replace")), f"body !~ {want.pattern!r}; {why}"
+    elif want is not None:
+        want = want.encode() if isinstance(want, str) else want
+        assert resp.body == want, f"body {resp.body[:500]!r} != {want[:500]!r}; {why}"
+    if case.expect_json is not None:
+        doc = json.loads(resp.body)
+        got = {key: doc.get(key) for key in case.expect_json}
+        assert got == case.expect_json, f"JSON {got} != {case.expect_json}; {why}"
+    for name, value in case.expect_headers.items():
+        got = resp.header(name)
+        if value is None:
+            assert got is None, f"header {name}: {got!r} should be absent; {why}"
+        elif value is True:
+            assert got is not None, f"header {name} missing: {resp.headers}; {why}"
+        elif isinstance(value, re.Pattern):
+            assert got is not None and value.search(got), f"header {name}: {got!r}; {why}"
+        else:
+            assert got == value, f"header {name}: {got!r} != {value!r}; {why}"
+    method = case.request.split()[0] if case.raw is None else ""
+    if case.expect_complete is False:
+        assert not resp.complete, f"a cut-off response looks complete; {why}"
+    elif case.expect_complete and method != "HEAD" and not (
+            resp.status < 200 or resp.status in (204, 304)):
+        assert resp.complete, f"body not properly delimited: {resp.raw_body[-200:]!r}; {why}"
+    for needle in case.expect_log:
+        server.wait_log(needle, since=mark)
+    text = server.log_since(mark)
+    for needle in case.expect_no_log:
+        assert not _found(needle, text), f"{needle!r} in error.log:\n{text[-3000:]}"
+    return resp
+
+
+def run_cases(server: "NginxServer", cases: Iterable[Case]) -> list:
+    """``check`` each case in order against one server; the responses."""
+    return [check(server, case) for case in cases]
+
+
+def wrap_config(config: str, http: str = "") -> str:
+    """An http-block snippet from a fragment: used as is when it has its own
+    ``server {`` block, else placed inside ``server { listen 127.0.0.1:@PORT@; ... }``.
+    ``http`` is text put before it, at http level."""
+    if not re.search(r"^\s*server\s*\{", config, re.M):
+        config = ("    server {\n        listen 127.0.0.1:@PORT@;\n        server_name localhost;\n"
+                  f"        {config.strip()}\n    }}\n")
+    return f"    {http.strip()}\n{config}" if http else config
+
+
+def serve_cases(servers, config: str, cases: Iterable[Case] = (), http: str = "",
+                **kwargs) -> "NginxServer":
+    """Start nginx (``servers`` is the ``nginx_servers`` or ``nginx_module_servers``
+    factory; ``kwargs`` go to it) with ``wrap_config(config, http)``, ``check`` each case,
+    and return the running server."""
+    server = servers(wrap_config(config, http), **kwargs)
+    run_cases(server, cases)
+    return server
+
+
+def emerg_lines(output: str) -> list:
+    return [line for line in output.splitlines() if "[emerg]" in line]
+
+
+def expect_emerg(checker: "NginxServer", config: str, *needles, at: Optional[str] = None,
+                 http: str = "", main: str = "", name: Optional[str] = None) -> list:
+    """``nginx -t`` on ``wrap_config(config, http)`` (and ``main`` at top level) fails
+    with an [emerg] line holding every needle (str or regex) and, with ``at``,
+    ``<conf file>:<line>`` of the first line of the configuration containing ``at``.
+    Returns all the [emerg] lines. ``checker`` is an unstarted NginxServer (the
+    ``checker`` fixture)."""
+    rc, output = checker.nginx_t(wrap_config(config, http), main, name=name)
+    assert rc != 0, f"nginx -t passed:\n{output}"
+    lines = emerg_lines(output)
+    where = None
+    if at is not None:
+        conf = checker.prefix / "conf" / (name or f"t-{checker._t_count}.conf")
+        where = f"{conf}:{find_line(conf, at)}"
+    matching = [line for line in lines if all(_found(n, line) for n in needles)
+                and (where is None or where in line)]
+    shown = [n.pattern if isinstance(n, re.Pattern) else n for n in needles]
+    assert matching, f"no [emerg] line with {shown} and {where!r}:\n{output}"
+    return lines
+
+
+def expect_config_ok(checker: "NginxServer", config: str, http: str = "", main: str = "",
+                     name: Optional[str] = None) -> str:
+    """``nginx -t`` on ``wrap_config(config, http)`` passes with no [emerg] line; the output."""
+    rc, output = checker.nginx_t(wrap_config(config, http), main, name=name)
+    assert rc == 0, output
+    assert "syntax is ok" in output and "test is successful" in output, output
+    assert not emerg_lines(output), output
+    return output
+
+
+def install_twins(server: "NginxServer", names=("a", "b")) -> list:
+    """Copy tests/apps/twin.py to ``<prefix>/twins/<name>/wsgi.py`` for each name (before
+    ``start()``): script apps with the same file name and the same globals, each with its
+    identity taken from its directory. Mount them as ``@PREFIX@/twins/<name>/wsgi.py``."""
+    paths = []
+    for twin in names:
+        target = server.prefix / "twins" / twin / "wsgi.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((APPS_DIR / "twin.py").read_bytes())
+        paths.append(target)
+    return paths
 
 
 def make_venv_with_module(target: Path, module_name: str, source: str,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import APPS_DIR, ROOT, Flavor, NginxServer, explain
+from harness import APPS_DIR, ROOT, Flavor, NginxServer, explain, launcher
 from test_deb import PACKAGE, newest_input_mtime
 
 DIST = "trixie"
@@ -145,7 +145,7 @@ class RootFlavor(Flavor):
 
     def compiled_out(self) -> set:
         out = in_root(NGINX, "-V", timeout=60)
-        return frozenset(re.findall(r"--without-(http_\w+?)_module", out.stdout + out.stderr))
+        return frozenset(launcher.parse_compiled_out(out.stdout + out.stderr))
 
 
 class RootNginx(NginxServer):

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from harness import explain
+from harness import Case, check, explain
 
 
 @pytest.fixture(autouse=True)
@@ -52,14 +52,11 @@ def test_exception_before_start_response(conformance_server):
 def test_exception_mid_stream_cuts_the_response(conformance_server):
     """An exception after the first chunk was sent ends the response without the
     terminating zero-size chunk; the client can tell it is incomplete."""
-    mark = conformance_server.log_mark()
-    resp = conformance_server.raw("GET", "/bad/raise-midstream")
-    assert resp.status == 200
-    assert resp.chunked
-    assert resp.body.startswith(b"first-part;")
-    assert not resp.complete, f"cut-off response looks complete: {resp.raw_body!r}"
-    log = conformance_server.wait_log("boom-midstream", since=mark)
-    assert "Traceback" in log
+    check(conformance_server, Case("GET /bad/raise-midstream",
+                                   expect_body=re.compile("^first-part;"),
+                                   expect_headers={"Transfer-Encoding": "chunked"},
+                                   expect_complete=False,
+                                   expect_log=["boom-midstream", "Traceback"]))
 
 
 def test_exception_mid_stream_with_requests(conformance_server):
@@ -147,8 +144,6 @@ def test_bytes_header_value_is_500(conformance_server):
 def test_wsgi_errors_goes_to_error_log(conformance_server, mount):
     """Text written to wsgi.errors (write and writelines) lands in error.log."""
     token = uuid.uuid4().hex
-    mark = conformance_server.log_mark()
-    resp = conformance_server.get(f"{mount}/errors?token={token}")
-    assert resp.status_code == 200, explain(resp, conformance_server)
-    conformance_server.wait_log(f"wsgi-errors-marker {token}", since=mark)
-    conformance_server.wait_log(f"wsgi-errors-lines {token}", since=mark)
+    check(conformance_server, Case(f"GET {mount}/errors?token={token}", expect_body="logged",
+                                   expect_log=[f"wsgi-errors-marker {token}",
+                                               f"wsgi-errors-lines {token}"]))

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from harness import APPS_DIR, explain, find_line
+from harness import APPS_DIR, expect_emerg, explain
 
 FACTORY_DIR = APPS_DIR / "factory"
 
@@ -58,29 +58,21 @@ def test_factory_returning_no_app_is_a_500_with_a_reason(nginx_servers):
     ("factory_app:create_app(debug=True, 'x')", "positional argument after keyword"),
     ("factory_app:create_app('unterminated)", "unterminated string"),
 ])
-def test_bad_factory_syntax_fails_nginx_t(nginx_servers, spec, why):
-    checker = nginx_servers("", name="factory-t", start=False)
-    conf = factory_conf(f'location /x/ {{ wsgi_app "{spec}"; }}')
-    rc, output = checker.nginx_t(conf, name="factory.conf")
-    assert rc != 0, output
-    emerg = [line for line in output.splitlines() if "[emerg]" in line]
-    assert emerg and why in emerg[0] and "wsgi_app" in emerg[0], output
-    line = find_line(checker.prefix / "conf" / "factory.conf", "location /x/")
-    assert f"factory.conf:{line}" in emerg[0], output
+def test_bad_factory_syntax_fails_nginx_t(checker, spec, why):
+    expect_emerg(checker, factory_conf(f'location /x/ {{ wsgi_app "{spec}"; }}'),
+                 why, "wsgi_app", at="location /x/")
 
 
-def test_venv_of_another_python_fails_nginx_t(nginx_servers, tmp_path):
+def test_venv_of_another_python_fails_nginx_t(checker, tmp_path):
     """A wsgi_python_home virtualenv made from another Python version is refused with one
     [emerg] naming both versions (not a crash or an import error at worker start)."""
     venv = tmp_path / "venv-other"
     (venv / "bin").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text("home = /opt/python/bin\ninclude-system-site-packages = false\n"
                                      "version = 3.99.1\n")
-    checker = nginx_servers("", name="venv-t", start=False)
-    rc, output = checker.nginx_t(f"wsgi_python_home {venv};\n" + factory_conf(), name="venv.conf")
-    assert rc != 0, output
-    emerg = [line for line in output.splitlines() if "[emerg]" in line]
+    emerg = expect_emerg(checker, factory_conf(), "Python 3.99",
+                         re.compile(r"embeds Python 3\.\d+"), "wsgi_python_home",
+                         http=f"wsgi_python_home {venv};",
+                         at=f"wsgi_python_home {venv};")
     # One message (nginx prints it on the terminal and in the startup log).
-    assert emerg and len({line[line.index('"wsgi_python_home"'):] for line in emerg}) == 1, output
-    assert "Python 3.99" in emerg[0] and re.search(r"embeds Python 3\.\d+", emerg[0]), output
-    assert "wsgi_python_home" in emerg[0] and "venv.conf:" in emerg[0], output
+    assert len({line[line.index('"wsgi_python_home"'):] for line in emerg}) == 1, emerg

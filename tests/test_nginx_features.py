@@ -14,21 +14,20 @@ and a third one is a proxy_cache in front of the first. Time bounds appear
 only in the limit_rate tests and are wide.
 """
 
-import functools
 import gzip
 import os
 import re
 import socket
 import subprocess
 import time
-import uuid
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 import requests
 
-from harness import (RawResponse, build_request, explain, free_port, raw_http, wait_until)
+from harness import (RawResponse, build_request, explain, free_port, nginx_version, raw_http, token,
+                     wait_until)
 
 MODES = {"threaded": "", "inline": "wsgi_threads 0;"}
 
@@ -44,18 +43,6 @@ def big_body(total):
     """features.big_body: what /big produces."""
     pattern = bytes(range(256))
     return (pattern * (total // 256 + 1))[:total]
-
-
-def token():
-    return uuid.uuid4().hex[:12]
-
-
-@functools.lru_cache(maxsize=None)
-def nginx_version(nginx: str) -> tuple:
-    out = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=30)
-    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
-    assert m, out.stdout + out.stderr
-    return tuple(int(x) for x in m.groups())
 
 
 def only_nginx_workers(srv):

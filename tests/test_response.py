@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from harness import explain, wait_until
+from harness import Case, check, explain, run_cases, wait_until
 
 
 def close_events(server):
@@ -23,42 +23,37 @@ def events_for(server, token):
     return [line.split()[1] for line in close_events(server) if line.split()[0] == token]
 
 
+NOLENGTH_BODY = b"a" * 10 + b"b" * 10 + b"c" * 10
+
+
 def test_content_length_is_passed_through(conformance_server, mount):
     """An app-supplied Content-Length is sent as is, without chunking, along
     with the app's other headers."""
-    resp = conformance_server.raw("GET", mount + "/hello")
-    assert resp.status == 200, explain(resp, conformance_server)
-    assert resp.header("Content-Length") == "11"
-    assert resp.header("Transfer-Encoding") is None
-    assert resp.header("Content-Type") == "text/plain"
-    assert resp.header("X-Probe") == "hello-probe"
-    assert resp.raw_body == b"hello world"
+    check(conformance_server, Case(f"GET {mount}/hello", expect_body="hello world", expect_headers={
+        "Content-Length": "11", "Transfer-Encoding": None, "Content-Type": "text/plain",
+        "X-Probe": "hello-probe"}))
 
 
 def test_no_content_length_means_chunked(conformance_server, mount):
     """Without Content-Length an HTTP/1.1 response is sent chunked and properly
     terminated."""
-    resp = conformance_server.raw("GET", mount + "/nolength")
-    assert resp.status == 200, explain(resp, conformance_server)
-    assert resp.chunked, resp.headers
-    assert resp.complete, resp.raw_body
-    assert resp.body == b"a" * 10 + b"b" * 10 + b"c" * 10
+    check(conformance_server, Case(f"GET {mount}/nolength", expect_body=NOLENGTH_BODY,
+                                   expect_headers={"Transfer-Encoding": "chunked"}))
 
 
 def test_http10_response_is_not_chunked(conformance_server, mount):
     """HTTP/1.0 clients get the body unchunked (delimited by connection close)."""
-    resp = conformance_server.raw("GET", mount + "/nolength", version="HTTP/1.0")
-    assert resp.status == 200, explain(resp, conformance_server)
-    assert not resp.chunked
-    assert resp.raw_body == b"a" * 10 + b"b" * 10 + b"c" * 10
+    resp = check(conformance_server, Case(f"GET {mount}/nolength HTTP/1.0",
+                                          expect_body=NOLENGTH_BODY,
+                                          expect_headers={"Transfer-Encoding": None}))
+    assert resp.raw_body == NOLENGTH_BODY
 
 
 def test_write_callable(conformance_server, mount):
     """Data passed to the write() callable returned by start_response comes
     first, followed by the returned iterable."""
-    resp = conformance_server.get(mount + "/write")
-    assert resp.status_code == 200, explain(resp, conformance_server)
-    assert resp.content == b"from-write;second-write;from-iterable"
+    check(conformance_server, Case(f"GET {mount}/write",
+                                   expect_body="from-write;second-write;from-iterable"))
 
 
 def test_streaming_sends_first_chunk_before_generator_finishes(conformance_server, mount):
@@ -73,15 +68,14 @@ def test_streaming_sends_first_chunk_before_generator_finishes(conformance_serve
         f"first chunk at {first:.2f}s, second at {second:.2f}s: first chunk was held back")
 
 
-@pytest.mark.parametrize("path", ["/hello", "/nolength"])
-def test_head_has_headers_but_no_body(conformance_server, mount, path):
+def test_head_has_headers_but_no_body(conformance_server, mount):
     """HEAD gets the same status and headers as GET, and not a single body byte."""
-    get = conformance_server.raw("GET", mount + path)
-    head = conformance_server.raw("HEAD", mount + path)
-    assert head.status == get.status == 200, explain(head, conformance_server)
-    assert head.raw_body == b"", f"HEAD response carried a body: {head.raw_body[:200]!r}"
-    for name in ("Content-Type", "Content-Length", "X-Probe"):
-        assert head.header(name) == get.header(name), name
+    run_cases(conformance_server, [
+        Case(f"HEAD {mount}/hello", expect_body=b"", expect_headers={
+            "Content-Type": "text/plain", "Content-Length": "11", "X-Probe": "hello-probe"}),
+        Case(f"HEAD {mount}/nolength", expect_body=b"", expect_headers={
+            "Content-Type": "text/plain", "Content-Length": None}),
+    ])
 
 
 @pytest.mark.parametrize("status", [204, 304])
@@ -89,9 +83,8 @@ def test_no_body_statuses(conformance_server, mount, status):
     """204 and 304 responses carry no body even though the app returned one,
     so the next response on the same keep-alive connection parses cleanly."""
     srv = conformance_server
-    raw = srv.raw("GET", f"{mount}/status/{status}")
-    assert raw.status == status, explain(raw, srv)
-    assert raw.header("X-Status-Probe") == "yes"
+    raw = check(srv, Case(f"GET {mount}/status/{status}", expect_status=status,
+                          expect_headers={"X-Status-Probe": "yes"}))
     assert raw.raw_body == b"", f"{status} response carried a body: {raw.raw_body[:200]!r}"
 
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
@@ -110,10 +103,8 @@ def test_no_body_statuses(conformance_server, mount, status):
 def test_exc_info_replaces_status_before_headers_are_sent(conformance_server, mount):
     """start_response(..., exc_info) before anything was sent replaces the
     status and headers of the first call."""
-    resp = conformance_server.get(mount + "/excinfo")
-    assert resp.status_code == 503, explain(resp, conformance_server)
-    assert resp.headers.get("X-Replaced") == "yes"
-    assert resp.content == b"replaced"
+    check(conformance_server, Case(f"GET {mount}/excinfo", expect_status=503,
+                                   expect_body="replaced", expect_headers={"X-Replaced": "yes"}))
 
 
 def test_close_is_called_after_normal_iteration(conformance_server, mount):

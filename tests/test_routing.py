@@ -1,8 +1,8 @@
 """Several applications in one server, mount points, module lookup and
 ``wsgi_python_home``.
 
-One server holds: two script apps that are both named ``wsgi.py`` (in
-tests/apps/site_a and site_b), a ``wsgi_script_name /shop`` mount, an app
+One server holds: two script apps that are both named ``wsgi.py`` (copies of
+tests/apps/twin.py in <prefix>/twins/a and twins/b), a ``wsgi_script_name /shop`` mount, an app
 mounted at /, a dotted-module app found through ``wsgi_python_path``, an
 app whose import fails, and a static-file location served by nginx itself.
 A second server uses ``wsgi_python_home`` with a throw-away virtualenv.
@@ -10,9 +10,11 @@ A second server uses ``wsgi_python_home`` with a throw-away virtualenv.
 
 from pathlib import Path
 
+import re
+
 import pytest
 
-from harness import explain, make_venv_with_module
+from harness import Case, explain, install_twins, make_venv_with_module, run_cases
 
 ROUTING_CONF = """
     wsgi_python_path @APPS@/pylib;
@@ -21,11 +23,11 @@ ROUTING_CONF = """
         server_name localhost;
 
         location /a/ {
-            wsgi_app @APPS@/site_a/wsgi.py;
+            wsgi_app @PREFIX@/twins/a/wsgi.py;
             wsgi_script_name /a;
         }
         location /b/ {
-            wsgi_app @APPS@/site_b/wsgi.py;
+            wsgi_app @PREFIX@/twins/b/wsgi.py;
             wsgi_script_name /b;
         }
         location /shop {
@@ -55,63 +57,59 @@ def routing_server(nginx_module_servers):
     srv = nginx_module_servers(ROUTING_CONF, name="routing", start=False)
     (srv.prefix / "html" / "static").mkdir(parents=True)
     (srv.prefix / "html" / "static" / "hello.txt").write_text(STATIC_TEXT)
+    install_twins(srv)
     return srv.start()
 
 
 def test_two_scripts_named_wsgi_py_do_not_collide(routing_server):
-    """/a/ and /b/ run site_a/wsgi.py and site_b/wsgi.py, each answering with
+    """/a/ and /b/ run twins/a/wsgi.py and twins/b/wsgi.py, each answering with
     its own identity, on every worker (several requests each)."""
-    for _ in range(6):
-        a = routing_server.get("/a/")
-        b = routing_server.get("/b/")
-        assert a.status_code == 200, explain(a, routing_server)
-        assert b.status_code == 200, explain(b, routing_server)
-        assert a.text.startswith("site-a ") and "site_a/wsgi.py" in a.text, a.text
-        assert b.text.startswith("site-b ") and "site_b/wsgi.py" in b.text, b.text
+    run_cases(routing_server, [
+        Case("GET /a/",
+             expect_body=re.compile(r"^twin-a file=\S*/twins/a/wsgi\.py script_name=/a$")),
+        Case("GET /b/",
+             expect_body=re.compile(r"^twin-b file=\S*/twins/b/wsgi\.py script_name=/b$")),
+    ] * 6)
 
 
-@pytest.mark.parametrize("path,script_name,path_info", [
-    ("/shop/x", "/shop", "/x"),
-    ("/shop/", "/shop", "/"),
-    ("/shop", "/shop", ""),
-    ("/shop/cart/item%201", "/shop", "/cart/item 1"),
-])
-def test_script_name_mount(routing_server, path, script_name, path_info):
+def mount(path, script_name, path_info):
+    """A request to tests/apps/mountinfo.py and the environ split it must see."""
+    return Case(f"GET {path}", expect_json={"SCRIPT_NAME": script_name, "PATH_INFO": path_info,
+                                            "REQUEST_URI": path})
+
+
+def test_script_name_mount(routing_server):
     """wsgi_script_name /shop: SCRIPT_NAME is '/shop' and PATH_INFO the rest of
     the decoded URI."""
-    resp = routing_server.get(path)
-    assert resp.status_code == 200, explain(resp, routing_server)
-    info = resp.json()
-    assert (info["SCRIPT_NAME"], info["PATH_INFO"]) == (script_name, path_info)
-    assert info["REQUEST_URI"] == path
+    run_cases(routing_server, [
+        mount("/shop/x", "/shop", "/x"),
+        mount("/shop/", "/shop", "/"),
+        mount("/shop", "/shop", ""),
+        mount("/shop/cart/item%201", "/shop", "/cart/item 1"),
+    ])
 
 
 def test_root_mount(routing_server):
     """An app in location / without wsgi_script_name gets SCRIPT_NAME '' and the
     whole decoded path as PATH_INFO."""
-    resp = routing_server.get("/some/where%21")
-    assert resp.status_code == 200, explain(resp, routing_server)
-    info = resp.json()
-    assert (info["SCRIPT_NAME"], info["PATH_INFO"]) == ("", "/some/where!")
+    run_cases(routing_server, [mount("/some/where%21", "", "/some/where!")])
 
 
 def test_dotted_module_app(routing_server):
     """wsgi_app ngxtest_dotted.web:app imports a package from wsgi_python_path
     and uses the named callable."""
-    resp = routing_server.get("/dotted/")
-    assert resp.status_code == 200, explain(resp, routing_server)
-    assert resp.text == "dotted app from ngxtest_dotted.web"
+    run_cases(routing_server, [
+        Case("GET /dotted/", expect_body="dotted app from ngxtest_dotted.web"),
+    ])
 
 
 def test_static_location_still_served_by_nginx(routing_server):
     """A plain root location in the same server serves files as usual."""
-    resp = routing_server.get("/static/hello.txt")
-    assert resp.status_code == 200, explain(resp, routing_server)
-    assert resp.text == STATIC_TEXT
-    assert resp.headers["Content-Type"] == "text/plain"
-    assert "ETag" in resp.headers and "Last-Modified" in resp.headers
-    missing = routing_server.get("/static/nope.txt")
-    assert missing.status_code == 404
+    run_cases(routing_server, [
+        Case("GET /static/hello.txt", expect_body=STATIC_TEXT,
+             expect_headers={"Content-Type": "text/plain", "ETag": True, "Last-Modified": True}),
+        Case("GET /static/nope.txt", expect_status=404),
+    ])
 
 
 def test_app_that_fails_to_import(routing_server):

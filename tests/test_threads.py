@@ -15,12 +15,11 @@ import signal
 import socket
 import threading
 import time
-import uuid
 
 import pytest
 
-from harness import (APPS_DIR, build_request, explain, find_line, pid_alive,
-                     proc_status_kb, reset_peak_rss, wait_until)
+from harness import (APPS_DIR, build_request, expect_config_ok, expect_emerg, explain, find_line,
+                     pid_alive, proc_status_kb, reset_peak_rss, token, wait_until)
 
 SLOW_APP = APPS_DIR / "slow.py"
 
@@ -42,10 +41,6 @@ def threads_conf(main="", location=""):
         location = /proxied {{ proxy_pass http://127.0.0.1:@PORT@/ok; }}
     }}
 """
-
-
-def token():
-    return uuid.uuid4().hex[:12]
 
 
 def state_text(srv, tok, suffix):
@@ -233,7 +228,7 @@ def test_slow_reader_bounds_memory(nginx_servers, mode):
                 assert head.startswith(b"HTTP/1.1 200"), data[:300]
             received += len(data)
             max_rss = max(max_rss, proc_status_kb(worker, "VmRSS"))
-            time.sleep(0.1)
+            time.sleep(0.1)  # the behaviour under test: a client that reads slowly
 
         produced = int(state_text(srv, tok, "count") or 0)
         peak = proc_status_kb(worker, "VmHWM") if peak_reset else max_rss
@@ -420,15 +415,6 @@ def test_in_flight_request_survives_quit_and_reload(nginx_servers, sig):
 # 9. configuration errors
 # --------------------------------------------------------------------------
 
-@pytest.fixture
-def checker(nginx_servers):
-    return nginx_servers("", name="threads-config", start=False)
-
-
-def emerg_lines(output):
-    return [line for line in output.splitlines() if "[emerg]" in line]
-
-
 @pytest.mark.parametrize("main, location, needles", [
     ("wsgi_threads abc;", "", ('"wsgi_threads"', "abc")),
     ("wsgi_queue lots;", "", ('"wsgi_queue"', "lots")),
@@ -438,21 +424,11 @@ def emerg_lines(output):
 def test_bad_thread_directives_are_rejected(checker, main, location, needles):
     """``nginx -t`` fails with an [emerg] line naming the directive, and
     pointing at the file and line."""
-    name = f"bad-{token()}.conf"
-    rc, output = checker.nginx_t(threads_conf(main, location), name=name)
-    assert rc != 0, output
-    offending = (main or location).rstrip(";")
-    conf = checker.prefix / "conf" / name
-    where = f"{conf}:{find_line(conf, offending)}"
-    matching = [line for line in emerg_lines(output)
-                if all(n in line for n in needles) and where in line]
-    assert matching, f"no [emerg] line with {needles} and {where!r}:\n{output}"
+    expect_emerg(checker, threads_conf(main, location), *needles, at=(main or location).rstrip(";"))
 
 
 def test_good_thread_directives_pass(checker):
-    rc, output = checker.nginx_t(threads_conf("wsgi_threads 0;\n    wsgi_queue 10;",
-                                              "wsgi_timeout 0;"))
-    assert rc == 0, output
-    rc, output = checker.nginx_t(threads_conf("wsgi_threads 8;\n    wsgi_timeout 30s;",
-                                              "wsgi_timeout 1m;"))
-    assert rc == 0, output
+    expect_config_ok(checker, threads_conf("wsgi_threads 0;\n    wsgi_queue 10;",
+                                           "wsgi_timeout 0;"))
+    expect_config_ok(checker, threads_conf("wsgi_threads 8;\n    wsgi_timeout 30s;",
+                                           "wsgi_timeout 1m;"))

@@ -76,7 +76,7 @@ in_root() {  # a command in the root, with a clean environment
 if [ ! -d "$ROOTFS" ]; then
     echo "== debootstrap $DIST into $ROOTFS ($MIRROR)"
     # An interrupted debootstrap may have left its own /proc or /sys mounted there.
-    grep -o " $ROOTFS.tmp/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
+    { grep -o " $ROOTFS.tmp/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf "$ROOTFS.tmp"
     debootstrap --variant=minbase "$DIST" "$ROOTFS.tmp" "$MIRROR"
     mv "$ROOTFS.tmp" "$ROOTFS"     # only a finished root gets the name

@@ -206,7 +206,12 @@ def nginx_compiled_out(nginx: str) -> set:
         out = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=30)
     except OSError:
         return set()
-    return set(re.findall(r"--without-(http_\w+?)_module", out.stdout + out.stderr))
+    return parse_compiled_out(out.stdout + out.stderr)
+
+
+def parse_compiled_out(version_output: str) -> set:
+    """The ``--without-http_..._module`` names in the output of ``nginx -V``."""
+    return set(re.findall(r"--without-(http_\w+?)_module", version_output))
 
 
 def nginx_has_e_option(nginx: str) -> bool:

@@ -121,7 +121,7 @@ class RecordingIterable:
             if self.fail_after is not None and index == self.fail_after:
                 raise RuntimeError(f"iterator failure {self.token}")
             if index and self.delay:
-                time.sleep(self.delay)
+                time.sleep(self.delay)  # a slow body, for the client to leave mid-stream
                 _record(self.token, f"iter{index}")
             yield chunk
 
@@ -176,7 +176,7 @@ def raw_application(environ, start_response):
     if path == "/stream":
         def stream():
             yield b"first-chunk"
-            time.sleep(1.5)
+            time.sleep(1.5)  # the behaviour under test: a pause mid-stream
             yield b"second-chunk"
         start_response("200 OK", [("Content-Type", "text/plain")])
         return stream()

@@ -84,7 +84,7 @@ def _stream(token, total, chunk):
 def _ticker():
     for i in range(200):
         yield b"%-1023d\n" % i
-        time.sleep(0.1)
+        time.sleep(0.1)  # the behaviour under test: a body that ticks
 
 
 def _interruptible(token):
@@ -111,7 +111,7 @@ def application(environ, start_response):
         seconds = float(q.get("s", "1"))
         if "token" in q:
             _write(token, "started", str(time.time()))
-        time.sleep(seconds)
+        time.sleep(seconds)  # the behaviour under test: a request that holds its thread
         return _plain(start_response, b"slept %s" % q.get("s", "1").encode())
 
     if path == "/multithread":

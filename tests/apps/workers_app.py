@@ -53,7 +53,7 @@ def application(environ, start_response):
             marker = os.path.join(ngxtest_settings.STATE_DIR, f"{q['token']}.started")
             with open(marker, "w") as f:
                 f.write(str(pid))
-        time.sleep(float(q.get("ms", "50")) / 1000.0)
+        time.sleep(float(q.get("ms", "50")) / 1000.0)  # a known app time, for /status
         return _plain(start_response, f"slept {pid}".encode())
 
     if path == "/hog":

@@ -41,7 +41,7 @@ def stream():
     @stream_with_context
     def generate():
         yield "piece-1\n"
-        time.sleep(1.5)
+        time.sleep(1.5)  # the behaviour under test: a pause between two streamed pieces
         # request is still usable here thanks to stream_with_context
         yield f"piece-2 for {request.args.get('who', who)}\n"
 
