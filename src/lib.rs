@@ -47,7 +47,7 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 static NGX_HTTP_WSGI_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(preconfiguration),
     postconfiguration: Some(postconfiguration),
     create_main_conf: Some(Module::create_main_conf),
     init_main_conf: Some(conf::directives::init_main_conf),
@@ -71,6 +71,15 @@ pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
     exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
+
+extern "C" fn preconfiguration(cf: *mut ngx::ffi::ngx_conf_t) -> ngx_int_t {
+    // SAFETY: preconfiguration is where nginx modules add their variables.
+    if unsafe { nginx::vars::add(cf) } {
+        ngx::core::Status::NGX_OK.into()
+    } else {
+        ngx::core::Status::NGX_ERROR.into()
+    }
+}
 
 extern "C" fn postconfiguration(_cf: *mut ngx::ffi::ngx_conf_t) -> ngx_int_t {
     // SAFETY: postconfiguration is where nginx modules join the filter chains.

@@ -334,6 +334,11 @@ unsafe fn step_inline(ls: *mut LoopState) {
         }
         Step::Done(outcome) => {
             let t = *app_time;
+            // SAFETY: the live request.
+            if let Some(vars) = unsafe { crate::nginx::vars::get_or_make(s.r) } {
+                vars.app_time = Some(t);
+                vars.queue_time = Some(std::time::Duration::ZERO);
+            }
             crate::nginx::recycle::request_done(Some(t));
             // SAFETY: the final step; `ls` must not be used after it.
             unsafe { complete(ls, outcome) };
@@ -454,7 +459,16 @@ unsafe fn pump(ls: *mut LoopState) {
                     return;
                 }
             }
-            Event::Done(outcome, app_time) => {
+            Event::LogVars(vars) => {
+                // SAFETY: see `sink` above.
+                unsafe { (*sink).log_vars(vars) };
+            }
+            Event::Done(outcome, app_time, queue_time) => {
+                // SAFETY: the live request.
+                if let Some(vars) = unsafe { crate::nginx::vars::get_or_make(s.r) } {
+                    vars.app_time = Some(app_time);
+                    vars.queue_time = Some(queue_time);
+                }
                 crate::nginx::recycle::request_done(Some(app_time));
                 // SAFETY: the final step; `ls` must not be used after it.
                 unsafe { complete(ls, outcome) };

@@ -308,6 +308,52 @@ pub(super) extern "C" fn set_max_header_size(
     )
 }
 
+pub(super) extern "C" fn set_param(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    // SAFETY: a directive handler's parse state (TAKE23: two or three arguments).
+    let values = unsafe { args(cf) };
+    let name = values[1];
+    if let Err(e) = parse_param_name(name) {
+        return emerg(cf, format!("invalid \"wsgi_param\" name: {e}"));
+    }
+    let if_not_empty = match values.get(3) {
+        None => false,
+        Some(&"if_not_empty") => true,
+        Some(other) => return emerg(cf, format!("invalid \"wsgi_param\" parameter \"{other}\"")),
+    };
+    // SAFETY: the parse state's own argument array and pool; nginx's compiler keeps what it
+    // needs in the configuration pool, which lives as long as the configuration.
+    let value = unsafe {
+        let arg = ((*(*cf).args).elts as *mut ngx_str_t).add(2);
+        let cv = ngx::ffi::ngx_pcalloc(
+            (*cf).pool,
+            core::mem::size_of::<ngx::ffi::ngx_http_complex_value_t>(),
+        ) as *mut ngx::ffi::ngx_http_complex_value_t;
+        if cv.is_null() {
+            return conf_error();
+        }
+        let mut ccv: ngx::ffi::ngx_http_compile_complex_value_t = core::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = arg;
+        ccv.complex_value = cv;
+        if ngx::ffi::ngx_http_compile_complex_value(&mut ccv) != ngx::ffi::NGX_OK as isize {
+            return conf_error();
+        }
+        cv
+    };
+    lcf.params.get_or_insert_with(Vec::new).push(super::Param {
+        name: name.to_string(),
+        value,
+        if_not_empty,
+    });
+    conf_ok()
+}
+
 pub(super) extern "C" fn set_max_requests(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,

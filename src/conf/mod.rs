@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use ngx::ffi::{
     ngx_command_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF,
+    NGX_CONF_TAKE23, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{Merge, MergeConfigError};
 
@@ -104,6 +104,18 @@ pub struct LocConf {
     pub timeout_ms: Option<u64>,
     /// `wsgi_max_header_size`: the most an application's status line and headers may take.
     pub max_header_size: Option<usize>,
+    /// `wsgi_param`s of this level; a level without any inherits its parent's (as
+    /// `uwsgi_param` does).
+    pub params: Option<Vec<Param>>,
+}
+
+/// One `wsgi_param NAME VALUE [if_not_empty]`: the value is an nginx complex value (with
+/// variables), compiled into the configuration pool and evaluated per request on the loop.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub value: *mut ngx::ffi::ngx_http_complex_value_t,
+    pub if_not_empty: bool,
 }
 
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -129,6 +141,9 @@ impl Merge for LocConf {
         }
         if self.max_header_size.is_none() {
             self.max_header_size = prev.max_header_size;
+        }
+        if self.params.is_none() {
+            self.params = prev.params.clone();
         }
         Ok(())
     }
@@ -185,6 +200,7 @@ command_table! {
     command(c"wsgi_queue", MAIN, NGX_CONF_TAKE1, set_queue),
     command(c"wsgi_timeout", ANY, NGX_CONF_TAKE1, set_timeout),
     command(c"wsgi_max_header_size", ANY, NGX_CONF_TAKE1, set_max_header_size),
+    command(c"wsgi_param", ANY, NGX_CONF_TAKE23, set_param),
     command(c"wsgi_max_requests", MAIN, NGX_CONF_TAKE12, set_max_requests),
     command(c"wsgi_max_rss", MAIN, NGX_CONF_TAKE1, set_max_rss),
     command(c"wsgi_max_lifetime", MAIN, NGX_CONF_TAKE1, set_max_lifetime),

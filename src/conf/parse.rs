@@ -231,6 +231,22 @@ pub fn parse_script_name(value: &str) -> Result<String, String> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
+/// Checks a `wsgi_param` name: a CGI-style key (letters, digits, `_`, `-`, `.`), never one
+/// of the `wsgi.*` keys the module owns.
+pub fn parse_param_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        return Err(format!("\"{name}\""));
+    }
+    if name.starts_with("wsgi.") {
+        return Err(format!("\"{name}\": the wsgi.* keys belong to the module"));
+    }
+    Ok(())
+}
+
 /// Parses `module:callable` for the worker hooks.
 pub fn parse_hook(value: &str) -> Result<(String, String), String> {
     match value.split_once(':') {
@@ -326,6 +342,15 @@ mod tests {
         assert!(parse_app_spec("shop.wsgi:1app", Path::new("/")).is_err());
         assert!(parse_app_spec("", Path::new("/")).is_err());
         assert!(parse_app_spec("shop..wsgi", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn param_names() {
+        assert!(parse_param_name("REMOTE_USER").is_ok());
+        assert!(parse_param_name("SSL_CLIENT_S_DN").is_ok());
+        assert!(parse_param_name("wsgi.input").is_err());
+        assert!(parse_param_name("A B").is_err());
+        assert!(parse_param_name("").is_err());
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn dispatch(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
         app,
         no_body,
         trace,
+        queued: std::time::Instant::now(),
     };
     // SAFETY: the post handler of a live request on its loop thread.
     unsafe {
@@ -137,6 +138,11 @@ fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
         (Step::Pause, None) => Outcome::FailedEarly,
     };
     crate::nginx::recycle::request_done(Some(app_time));
+    // SAFETY: the live request, on its thread.
+    if let Some(vars) = unsafe { crate::nginx::vars::get_or_make(r) } {
+        vars.app_time = Some(app_time);
+        vars.queue_time = Some(std::time::Duration::ZERO);
+    }
     Some(match outcome {
         // SAFETY: the header was sent for a complete response.
         Outcome::Complete { short } => unsafe { output::finish(r, short) },

@@ -5,5 +5,6 @@ pub mod output;
 pub mod recycle;
 pub mod request;
 pub mod status;
+pub mod vars;
 pub mod writer;
 pub mod zone;

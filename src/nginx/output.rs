@@ -277,6 +277,10 @@ impl Sink for NgxSink {
         // SAFETY: constructor contract: a live request on its own thread.
         let r = unsafe { &mut *self.r };
         r.headers_out.status = head.status as usize;
+        // SAFETY: the live request, on its thread.
+        if let Some(vars) = unsafe { crate::nginx::vars::get_or_make(self.r) } {
+            vars.status = Some(head.status);
+        }
         r.headers_out.status_line = self.pool_str(&head.status_line).ok_or(SinkError::Closed)?;
         // The application answered conditional requests itself (or chose not to): nginx must
         // not turn its 200 into a 412 or 304 afterwards, as for uncached `proxy_pass`.
@@ -356,6 +360,13 @@ impl Sink for NgxSink {
 
     fn file(&mut self, file: FileBody) -> Result<(), SinkError> {
         self.file_body(file)
+    }
+
+    fn log_vars(&mut self, vars: Vec<(String, String)>) {
+        // SAFETY: constructor contract.
+        if let Some(v) = unsafe { crate::nginx::vars::get_or_make(self.r) } {
+            v.log = vars;
+        }
     }
 
     fn paused(&self) -> bool {

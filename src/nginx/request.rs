@@ -160,6 +160,23 @@ pub unsafe fn capture(r: *mut ngx_http_request_t) -> RequestParts {
         let lcf: &LocConf = lcf;
         parts.script_name = lcf.script_name.clone();
         parts.max_header_size = lcf.max_header_size();
+        for p in lcf.params.iter().flatten() {
+            let mut value = ngx_str_t {
+                len: 0,
+                data: core::ptr::null_mut(),
+            };
+            // SAFETY: a complex value compiled at configuration time, evaluated for the live
+            // request on its loop thread; the result lives in the request pool.
+            if unsafe { ngx::ffi::ngx_http_complex_value(r, p.value, &mut value) }
+                != ngx::ffi::NGX_OK as isize
+            {
+                continue;
+            }
+            if p.if_not_empty && value.len == 0 {
+                continue;
+            }
+            parts.params.push((p.name.clone(), bytes_of(&value)));
+        }
     } else {
         parts.max_header_size = crate::conf::DEFAULT_MAX_HEADER_SIZE;
     }

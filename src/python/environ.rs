@@ -182,6 +182,21 @@ pub fn build<'py>(
         // without a Content-Length.
         env.set_item(intern!(py, "CONTENT_LENGTH"), parts.body_len.to_string())?;
     }
+    // `wsgi_param`s come last: they override the module's own keys (REMOTE_ADDR, HTTPS,
+    // SERVER_NAME, HTTP_*...); HTTPS=on (or 1) also makes the URL scheme https.
+    for (name, value) in &parts.params {
+        env.set_item(name.as_str(), native_str(py, value))?;
+        if name == "HTTPS" {
+            let on = value.eq_ignore_ascii_case(b"on") || value == b"1";
+            let scheme = if on {
+                intern!(py, "https")
+            } else {
+                intern!(py, "http")
+            };
+            env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
+        }
+    }
+    env.set_item(intern!(py, "nginx.log_vars"), PyDict::new(py))?;
     env.set_item(intern!(py, "wsgi.input"), input)?;
     env.set_item(intern!(py, "wsgi.errors"), errors)?;
     Ok(env)

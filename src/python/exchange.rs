@@ -39,11 +39,13 @@ pub fn set_waker(waker: Waker) {
 pub enum Event {
     Head(ResponseHead),
     Body(Vec<u8>),
+    /// `environ["nginx.log_vars"]`, at the end.
+    LogVars(Vec<(String, String)>),
     /// A regular file as the whole body.
     File(crate::python::file_wrapper::FileBody),
     Log(u32, String),
-    /// The outcome, and how long the application ran.
-    Done(Outcome, std::time::Duration),
+    /// The outcome, how long the application ran, and how long it waited for a thread.
+    Done(Outcome, std::time::Duration, std::time::Duration),
 }
 
 #[derive(Default)]
@@ -227,6 +229,10 @@ impl Sink for ThreadSink {
 
     fn no_body(&self) -> bool {
         self.no_body
+    }
+
+    fn log_vars(&mut self, vars: Vec<(String, String)>) {
+        self.ex.push(Event::LogVars(vars));
     }
 
     fn file(&mut self, file: crate::python::file_wrapper::FileBody) -> Result<(), SinkError> {

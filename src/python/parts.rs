@@ -29,4 +29,6 @@ pub struct RequestParts {
     pub script_name: Option<String>,
     /// `wsgi_max_header_size` of the location.
     pub max_header_size: usize,
+    /// `wsgi_param`s, evaluated: they override the module's own keys.
+    pub params: Vec<(String, Vec<u8>)>,
 }

@@ -26,6 +26,8 @@ pub struct Job {
     pub no_body: bool,
     /// The request's log takes debug lines: the thread reports what it does.
     pub trace: bool,
+    /// When the job was queued (`$wsgi_queue_time` is the wait for a thread).
+    pub queued: Instant,
 }
 
 /// A request past its timeout: log its stack, raise in its thread.
@@ -247,6 +249,7 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
         let ex = job.ex.clone();
         ex.thread_ident.store(ident, Ordering::Release);
         let t0 = Instant::now();
+        let queue_time = t0.saturating_duration_since(job.queued);
         let outcome = run_job(py, job);
         let app_time = t0.elapsed();
         ex.thread_ident.store(0, Ordering::Release);
@@ -257,7 +260,7 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
         }
         let busy = pool.busy.fetch_sub(1, Ordering::AcqRel) - 1;
         crate::stats::set_load(busy, pool.waiting());
-        ex.push(Event::Done(outcome, app_time));
+        ex.push(Event::Done(outcome, app_time, queue_time));
     }
 }
 
@@ -268,6 +271,7 @@ fn run_job(py: Python<'_>, job: Job) -> Outcome {
         app,
         no_body,
         trace,
+        ..
     } = job;
     if trace {
         let thread = std::thread::current();

@@ -81,6 +81,8 @@ pub trait Sink {
     fn no_body(&self) -> bool {
         false
     }
+    /// What the application left in `environ["nginx.log_vars"]`, for `$wsgi_log_NAME`.
+    fn log_vars(&mut self, _vars: Vec<(String, String)>) {}
     /// Sends `len` bytes of a regular file as the body (nginx reads it, with sendfile).
     fn file(&mut self, file: crate::python::file_wrapper::FileBody) -> Result<(), SinkError>;
     /// Sends a piece of a body whose next piece is already at hand (a list): the sink may

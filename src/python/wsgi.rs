@@ -105,6 +105,12 @@ pub fn serve(
         name: &app.name,
         log,
         errors: Some(errors.unbind()),
+        log_vars: environ
+            .get_item(pyo3::intern!(py, "nginx.log_vars"))
+            .ok()
+            .flatten()
+            .and_then(|d| d.cast_into::<PyDict>().ok())
+            .map(Bound::unbind),
     };
     let step = running.call(py, &callable, environ);
     match step {
@@ -131,6 +137,8 @@ pub struct Running {
     log: Arc<dyn LogWrite>,
     /// `wsgi.errors`, moved to the worker's log when the request ends.
     errors: Option<Py<LogStream>>,
+    /// `environ["nginx.log_vars"]`, read when the request ends.
+    log_vars: Option<Py<PyDict>>,
 }
 
 impl Running {
@@ -340,6 +348,18 @@ impl Running {
         if let Some(errors) = self.errors.take() {
             // An application that keeps wsgi.errors past the request writes to the worker's log.
             errors.bind(py).borrow().detach();
+        }
+        if let Some(dict) = self.log_vars.take() {
+            let dict = dict.into_bound(py);
+            if !dict.is_empty() {
+                let vars = dict
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.str().ok()?.to_string(), v.str().ok()?.to_string()))
+                    })
+                    .collect();
+                self.responder.borrow_mut().sink.log_vars(vars);
+            }
         }
         Step::Done(outcome)
     }
