@@ -542,11 +542,17 @@ unsafe fn complete(ls: *mut LoopState, outcome: Outcome) {
         let c = (*r).connection;
         let rc = if s.cleaned || s.aborted || (*c).error() != 0 {
             NGX_ERROR as ngx_int_t
-        } else if let Some(status) = s.answered {
-            status as ngx_int_t
+        } else if let Some(status) = s.answered.or(match outcome {
+            Outcome::Answered(status) => Some(status),
+            _ => None,
+        }) {
+            if status == output::REDIRECT {
+                output::redirect(r)
+            } else {
+                status as ngx_int_t
+            }
         } else {
             match outcome {
-                Outcome::Answered(status) => status as ngx_int_t,
                 // What nginx could not send yet, its own writer sends after finalize.
                 Outcome::Complete { short } => output::finish(r, short),
                 Outcome::FailedEarly if !s.headers_sent => {

@@ -354,6 +354,54 @@ pub(super) extern "C" fn set_param(
     conf_ok()
 }
 
+pub(super) extern "C" fn set_intercept_errors(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    set_once(
+        cf,
+        "wsgi_intercept_errors",
+        &mut lcf.intercept_errors,
+        |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("\"{v}\", it must be \"on\" or \"off\"")),
+        },
+    )
+}
+
+pub(super) extern "C" fn set_ignore_headers(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    if lcf.ignore_headers_set {
+        return duplicate();
+    }
+    // SAFETY: a directive handler's parse state.
+    let values = unsafe { args(cf) };
+    let mut bits = 0;
+    for v in &values[1..] {
+        match crate::nginx::output::accel::NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(v)) {
+            Some((_, bit)) => bits |= bit,
+            None => {
+                return emerg(
+                    cf,
+                    format!("invalid \"wsgi_ignore_headers\" value \"{v}\": X-Accel-Redirect, X-Accel-Expires, X-Accel-Limit-Rate, X-Accel-Buffering or X-Accel-Charset"),
+                )
+            }
+        }
+    }
+    lcf.ignore_headers = bits;
+    lcf.ignore_headers_set = true;
+    conf_ok()
+}
+
 pub(super) extern "C" fn set_max_requests(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,

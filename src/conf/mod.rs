@@ -11,9 +11,9 @@ use core::ptr;
 use std::path::PathBuf;
 
 use ngx::ffi::{
-    ngx_command_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_CONF_TAKE23, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
+    ngx_command_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE23, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{Merge, MergeConfigError};
 
@@ -107,6 +107,11 @@ pub struct LocConf {
     /// `wsgi_param`s of this level; a level without any inherits its parent's (as
     /// `uwsgi_param` does).
     pub params: Option<Vec<Param>>,
+    /// `wsgi_intercept_errors`.
+    pub intercept_errors: Option<bool>,
+    /// `wsgi_ignore_headers`: `nginx::output::accel` bits; inherited when unset.
+    pub ignore_headers_set: bool,
+    pub ignore_headers: u32,
 }
 
 /// One `wsgi_param NAME VALUE [if_not_empty]`: the value is an nginx complex value (with
@@ -144,6 +149,13 @@ impl Merge for LocConf {
         }
         if self.params.is_none() {
             self.params = prev.params.clone();
+        }
+        if self.intercept_errors.is_none() {
+            self.intercept_errors = prev.intercept_errors;
+        }
+        if !self.ignore_headers_set {
+            self.ignore_headers = prev.ignore_headers;
+            self.ignore_headers_set = prev.ignore_headers_set;
         }
         Ok(())
     }
@@ -201,6 +213,8 @@ command_table! {
     command(c"wsgi_timeout", ANY, NGX_CONF_TAKE1, set_timeout),
     command(c"wsgi_max_header_size", ANY, NGX_CONF_TAKE1, set_max_header_size),
     command(c"wsgi_param", ANY, NGX_CONF_TAKE23, set_param),
+    command(c"wsgi_intercept_errors", ANY, NGX_CONF_FLAG, set_intercept_errors),
+    command(c"wsgi_ignore_headers", ANY, NGX_CONF_1MORE, set_ignore_headers),
     command(c"wsgi_max_requests", MAIN, NGX_CONF_TAKE12, set_max_requests),
     command(c"wsgi_max_rss", MAIN, NGX_CONF_TAKE1, set_max_rss),
     command(c"wsgi_max_lifetime", MAIN, NGX_CONF_TAKE1, set_max_lifetime),

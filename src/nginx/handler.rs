@@ -148,6 +148,8 @@ fn serve(r: *mut ngx_http_request_t) -> Option<ngx_int_t> {
         Outcome::Complete { short } => unsafe { output::finish(r, short) },
         Outcome::FailedEarly => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         Outcome::Refused => ngx::ffi::NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+        // SAFETY: the post handler of the live request, which nothing was sent for.
+        Outcome::Answered(output::REDIRECT) => unsafe { output::redirect(r) },
         Outcome::Answered(status) => status as ngx_int_t,
         Outcome::FailedLate | Outcome::ClientGone => NGX_ERROR as ngx_int_t,
     })

@@ -16,8 +16,11 @@ use ngx::ffi::{
     ngx_table_elt_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+
 use crate::python::file_wrapper::FileBody;
 use crate::python::response::{ResponseHead, Sink, SinkError};
+use crate::Module;
 
 /// A `Sink` writing straight into a request, on the event loop.
 pub struct NgxSink {
@@ -272,15 +275,281 @@ impl NgxSink {
     }
 }
 
+/// `Answered(REDIRECT)`: an `X-Accel-Redirect`, whose target waits in the request's
+/// `Vars` (see `redirect`).
+pub const REDIRECT: u16 = 0;
+
+/// What `wsgi_ignore_headers` can turn off.
+pub mod accel {
+    pub const REDIRECT: u32 = 1;
+    pub const EXPIRES: u32 = 2;
+    pub const LIMIT_RATE: u32 = 4;
+    pub const BUFFERING: u32 = 8;
+    pub const CHARSET: u32 = 16;
+    /// Names as `uwsgi_ignore_headers` takes them.
+    pub const NAMES: &[(&str, u32)] = &[
+        ("X-Accel-Redirect", REDIRECT),
+        ("X-Accel-Expires", EXPIRES),
+        ("X-Accel-Limit-Rate", LIMIT_RATE),
+        ("X-Accel-Buffering", BUFFERING),
+        ("X-Accel-Charset", CHARSET),
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accel {
+    Redirect,
+    Expires,
+    LimitRate,
+    Buffering,
+    Charset,
+}
+
+fn accel_of(name: &[u8]) -> Option<Accel> {
+    if name.len() < 8 || !name[..8].eq_ignore_ascii_case(b"x-accel-") {
+        return None;
+    }
+    match name[8..].to_ascii_lowercase().as_slice() {
+        b"redirect" => Some(Accel::Redirect),
+        b"expires" => Some(Accel::Expires),
+        b"limit-rate" => Some(Accel::LimitRate),
+        b"buffering" => Some(Accel::Buffering),
+        b"charset" => Some(Accel::Charset),
+        _ => None,
+    }
+}
+
+/// Headers of the application's response that the redirected response keeps (those the
+/// upstream module copies on `X-Accel-Redirect`).
+const KEPT_ON_REDIRECT: &[&[u8]] = &[
+    b"set-cookie",
+    b"content-disposition",
+    b"cache-control",
+    b"expires",
+    b"accept-ranges",
+];
+
+/// True when the location has an `error_page` for `status`.
+///
+/// # Safety
+/// `r` is a live request on its loop thread.
+unsafe fn has_error_page(r: *mut ngx_http_request_t, status: u16) -> bool {
+    // SAFETY: the caller's contract; `error_pages` is an array of `ngx_http_err_page_t`.
+    unsafe {
+        let Some(clcf) = NgxHttpCoreModule::location_conf(&*r) else {
+            return false;
+        };
+        let pages = clcf.error_pages;
+        if pages.is_null() {
+            return false;
+        }
+        let pages = core::slice::from_raw_parts(
+            (*pages).elts as *const ngx::ffi::ngx_http_err_page_t,
+            (*pages).nelts,
+        );
+        pages.iter().any(|p| p.status == status as ngx_int_t)
+    }
+}
+
+/// Carries out a pending `X-Accel-Redirect`: an internal redirect to a URI (the method
+/// becomes GET, but for HEAD) or to a named location, as the upstream module does. Returns
+/// the code to finalize the request with (`NGX_DONE`, or 404 for an unsafe URI).
+///
+/// # Safety
+/// `r` is a live request on its loop thread, with no response sent, that its content
+/// handler still holds (it is finalized with the result).
+pub unsafe fn redirect(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let Some(target) = crate::nginx::vars::get(r).and_then(|v| v.redirect.take()) else {
+            return ngx::ffi::NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        };
+        let pool = (*r).pool;
+        let data = ngx_pnalloc(pool, target.len().max(1)) as *mut u8;
+        if data.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        ptr::copy_nonoverlapping(target.as_ptr(), data, target.len());
+        let mut uri = ngx_str_t {
+            len: target.len(),
+            data,
+        };
+        crate::debug!(
+            (*(*r).connection).log,
+            "wsgi x-accel-redirect to \"{}\"",
+            String::from_utf8_lossy(&target)
+        );
+        if target.first() == Some(&b'@') {
+            ngx::ffi::ngx_http_named_location(r, &mut uri);
+        } else {
+            let mut args = ngx_str_t {
+                len: 0,
+                data: ptr::null_mut(),
+            };
+            let mut flags: ngx_uint_t = ngx::ffi::NGX_HTTP_LOG_UNSAFE as ngx_uint_t;
+            if ngx::ffi::ngx_http_parse_unsafe_uri(r, &mut uri, &mut args, &mut flags)
+                != NGX_OK as ngx_int_t
+            {
+                return ngx::ffi::NGX_HTTP_NOT_FOUND as ngx_int_t;
+            }
+            if (*r).method != ngx::ffi::NGX_HTTP_HEAD as ngx_uint_t {
+                (*r).method = ngx::ffi::NGX_HTTP_GET as ngx_uint_t;
+                (*r).method_name = ngx::ffi::ngx_str_t {
+                    len: 3,
+                    data: c"GET".as_ptr() as *mut u8,
+                };
+            }
+            ngx::ffi::ngx_http_internal_redirect(r, &mut uri, &mut args);
+        }
+        ngx::ffi::NGX_DONE as ngx_int_t
+    }
+}
+
+impl NgxSink {
+    /// Pushes a response header onto `headers_out` and links it from its field.
+    fn push_header(
+        &mut self,
+        name: &[u8],
+        value: &[u8],
+    ) -> Result<*mut ngx_table_elt_t, SinkError> {
+        let key = self.pool_str(name).ok_or(SinkError::Closed)?;
+        let val = self.pool_str(value).ok_or(SinkError::Closed)?;
+        let low = self
+            .pool_str(&name.to_ascii_lowercase())
+            .ok_or(SinkError::Closed)?;
+        // SAFETY: constructor contract; pushing onto the request's own header list.
+        let h =
+            unsafe { ngx_list_push(&mut (*self.r).headers_out.headers) } as *mut ngx_table_elt_t;
+        if h.is_null() {
+            return Err(SinkError::Closed);
+        }
+        // SAFETY: `h` is a fresh element of the list.
+        unsafe {
+            (*h).hash = 1;
+            (*h).key = key;
+            (*h).value = val;
+            (*h).lowcase_key = low.data;
+            #[cfg(nginx1_23_0)]
+            {
+                (*h).next = ptr::null_mut();
+            }
+            self.link(h, name);
+        }
+        Ok(h)
+    }
+
+    /// `Content-Type`, with its charset split off as the upstream module does.
+    fn content_type(&mut self, ct: &[u8]) -> Result<(), SinkError> {
+        let s = self.pool_str(ct).ok_or(SinkError::Closed)?;
+        // SAFETY: constructor contract.
+        let r = unsafe { &mut *self.r };
+        r.headers_out.content_type = s;
+        r.headers_out.content_type_len = s.len;
+        r.headers_out.content_type_lowcase = ptr::null_mut();
+        if let Some((len, charset)) = split_charset(ct) {
+            r.headers_out.content_type_len = len;
+            // SAFETY: the range lies inside the pool copy of `ct`.
+            let data = unsafe { s.data.add(charset.start) };
+            r.headers_out.charset = ngx_str_t {
+                len: charset.len(),
+                data,
+            };
+        }
+        Ok(())
+    }
+
+    /// `X-Accel-Limit-Rate: N | off`.
+    fn limit_rate(&mut self, value: &[u8]) {
+        let text = String::from_utf8_lossy(value);
+        let rate = if text.trim().eq_ignore_ascii_case("off") {
+            Some(0)
+        } else {
+            text.trim().parse::<usize>().ok()
+        };
+        if let Some(rate) = rate {
+            // SAFETY: constructor contract.
+            let r = unsafe { &mut *self.r };
+            r.limit_rate = rate;
+            r.set_limit_rate_set(1);
+        }
+    }
+
+    /// `X-Accel-Charset`: the charset filter recodes to it (`override_charset`).
+    fn charset(&mut self, value: &[u8]) -> Result<(), SinkError> {
+        let s = self.pool_str(value).ok_or(SinkError::Closed)?;
+        // SAFETY: constructor contract; the string lives in the request pool.
+        unsafe {
+            let p = ngx_palloc((*self.r).pool, core::mem::size_of::<ngx_str_t>()) as *mut ngx_str_t;
+            if p.is_null() {
+                return Err(SinkError::Closed);
+            }
+            *p = s;
+            (*self.r).headers_out.override_charset = p;
+        }
+        Ok(())
+    }
+}
+
 impl Sink for NgxSink {
     fn start(&mut self, head: &ResponseHead) -> Result<bool, SinkError> {
-        // SAFETY: constructor contract: a live request on its own thread.
-        let r = unsafe { &mut *self.r };
-        r.headers_out.status = head.status as usize;
-        // SAFETY: the live request, on its thread.
+        // SAFETY: the live request, on its thread (constructor contract).
         if let Some(vars) = unsafe { crate::nginx::vars::get_or_make(self.r) } {
             vars.status = Some(head.status);
         }
+        // SAFETY: constructor contract.
+        let lcf = Module::location_conf(unsafe { &*self.r });
+        let ignore = lcf.map(|l| l.ignore_headers).unwrap_or(0);
+        let intercept = lcf.and_then(|l| l.intercept_errors).unwrap_or(false);
+
+        // X-Accel-* are instructions to nginx, not headers for the client (proxy_pass hides
+        // them too); wsgi_ignore_headers turns each off.
+        let mut redirect = None;
+        for (name, value) in &head.headers {
+            match accel_of(name) {
+                Some(Accel::Redirect) if ignore & accel::REDIRECT == 0 => {
+                    redirect = Some(value.clone())
+                }
+                Some(Accel::LimitRate) if ignore & accel::LIMIT_RATE == 0 => self.limit_rate(value),
+                Some(Accel::Charset) if ignore & accel::CHARSET == 0 => self.charset(value)?,
+                _ => {}
+            }
+        }
+        if let Some(uri) = redirect {
+            // The headers nginx keeps for the redirected response, as for proxy_pass.
+            if let Some(ct) = &head.content_type {
+                self.content_type(ct)?;
+            }
+            for (name, value) in &head.headers {
+                if KEPT_ON_REDIRECT
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(name))
+                {
+                    self.push_header(name, value)?;
+                }
+            }
+            // SAFETY: as above.
+            if let Some(vars) = unsafe { crate::nginx::vars::get_or_make(self.r) } {
+                vars.redirect = Some(uri);
+            }
+            return Err(SinkError::Answered(REDIRECT));
+        }
+        // SAFETY: constructor contract.
+        if intercept && head.status >= 300 && unsafe { has_error_page(self.r, head.status) } {
+            if head.status == 401 {
+                for (name, value) in head
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(b"www-authenticate"))
+                {
+                    self.push_header(name, value)?;
+                }
+            }
+            return Err(SinkError::Answered(head.status));
+        }
+
+        // SAFETY: constructor contract: a live request on its own thread.
+        let r = unsafe { &mut *self.r };
+        r.headers_out.status = head.status as usize;
         r.headers_out.status_line = self.pool_str(&head.status_line).ok_or(SinkError::Closed)?;
         // The application answered conditional requests itself (or chose not to): nginx must
         // not turn its 200 into a 412 or 304 afterwards, as for uncached `proxy_pass`.
@@ -291,48 +560,22 @@ impl Sink for NgxSink {
             r.set_header_only(1);
         }
         if let Some(ct) = &head.content_type {
-            let s = self.pool_str(ct).ok_or(SinkError::Closed)?;
-            r.headers_out.content_type = s;
-            r.headers_out.content_type_len = s.len;
-            r.headers_out.content_type_lowcase = ptr::null_mut();
-            if let Some((len, charset)) = split_charset(ct) {
-                r.headers_out.content_type_len = len;
-                // SAFETY: the range lies inside the pool copy of `ct`.
-                let data = unsafe { s.data.add(charset.start) };
-                r.headers_out.charset = ngx_str_t {
-                    len: charset.len(),
-                    data,
-                };
-            }
+            self.content_type(ct)?;
         }
+        // SAFETY: as above.
+        let r = unsafe { &mut *self.r };
         // RFC 9110 8.6: never a Content-Length on 1xx and 204.
         r.headers_out.content_length_n = match head.content_length {
             Some(n) if !no_content => n as _,
             _ => -1,
         };
         for (name, value) in &head.headers {
-            let key = self.pool_str(name).ok_or(SinkError::Closed)?;
-            let val = self.pool_str(value).ok_or(SinkError::Closed)?;
-            let lower: Vec<u8> = name.to_ascii_lowercase();
-            let low = self.pool_str(&lower).ok_or(SinkError::Closed)?;
-            // SAFETY: pushing onto the request's own header list.
-            let h = unsafe { ngx_list_push(&mut r.headers_out.headers) } as *mut ngx_table_elt_t;
-            if h.is_null() {
-                return Err(SinkError::Closed);
-            }
-            // SAFETY: `h` is a fresh element of the list.
-            unsafe {
-                (*h).hash = 1;
-                (*h).key = key;
-                (*h).value = val;
-                (*h).lowcase_key = low.data;
-                #[cfg(nginx1_23_0)]
-                {
-                    (*h).next = ptr::null_mut();
-                }
-                self.link(h, name);
+            if accel_of(name).is_none() {
+                self.push_header(name, value)?;
             }
         }
+        // SAFETY: as above.
+        let r = unsafe { &mut *self.r };
         if head.close {
             r.set_keepalive(0);
         }

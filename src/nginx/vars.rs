@@ -25,6 +25,8 @@ pub struct Vars {
     pub app_time: Option<Duration>,
     pub queue_time: Option<Duration>,
     pub log: Vec<(String, String)>,
+    /// A pending `X-Accel-Redirect` target (see `output::redirect`).
+    pub redirect: Option<Vec<u8>>,
 }
 
 thread_local! {

@@ -52,6 +52,10 @@ def load_script(path, callable_name, factory_args=None):
     directory = os.path.dirname(path)
     if directory not in sys.path:
         sys.path.append(directory)
+    if name in sys.modules:
+        # Another wsgi_app names another callable of the same script: one module.
+        obj = _resolve(sys.modules[name], callable_name, path)
+        return _call_factory(obj, factory_args, f"{path}:{callable_name}") if factory_args else obj
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path!r} as a Python module")
