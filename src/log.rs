@@ -143,6 +143,17 @@ impl Log {
         self.0
     }
 
+    /// The level this log writes down to (`error_log ... LEVEL`; debug is 8).
+    pub fn level(&self) -> u32 {
+        if self.0.is_null() {
+            return NGX_LOG_ERR;
+        }
+        // SAFETY: a non-null `Log` points at a live `ngx_log_t` (see `from_ptr`), read on the
+        // thread that starts Python.
+        let level = unsafe { (*self.0).log_level };
+        level.min(NGX_LOG_DEBUG as usize) as u32
+    }
+
     /// Logs `msg` at `level`. A multi-line message (a traceback) stays one entry, with its
     /// lines, unless it is longer than an entry can hold: then it is split at line ends.
     pub fn write_direct(&self, level: u32, msg: &str) {

@@ -290,7 +290,7 @@ def test_lines_from_application_threads_get_nginx_prefix(srv):
     assert resp.status_code == 200, explain(resp, srv)
     prefix = r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[%s\] \d+#\d+: "
     srv.wait_log(re.compile(prefix % "error" + f"marker-thread-stderr-{tok}$", re.M), since=mark)
-    srv.wait_log(re.compile(prefix % "notice" + f"marker-thread-stdout-{tok}$", re.M), since=mark)
+    srv.wait_log(re.compile(prefix % "info" + f"marker-thread-stdout-{tok}$", re.M), since=mark)
 
 
 # --------------------------------------------------------------------------

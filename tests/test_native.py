@@ -112,3 +112,26 @@ def test_status_variable_is_the_applications(native):
     assert resp.status_code == 418 and resp.headers["X-App-Status"] == "418"
     line = log_line(native, f"/status?code=418&t={tok}")
     assert " 418 app=418 " in line, line
+
+
+def test_logging_goes_to_the_error_log_with_levels_and_request_context(native):
+    """Without any logging configuration, records reach nginx's error log at their level
+    (filtered by error_log, here info: no debug), with the request's context, and
+    logger.exception with its traceback."""
+    tok = token()
+    mark = native.log_mark()
+    assert native.get(f"/log?token={tok}").status_code == 200
+    ctx = r", client: 127\.0\.0\.1, server: \S*, request: \"GET /log\?token=" + tok
+    for level, what in (("info", "info"), ("warn", "warning"), ("error", "error")):
+        native.wait_log(re.compile(rf"\[{level}\] \d+#\d+: \*\d+ native: {what}-{tok}{ctx}"), since=mark)
+    text = native.wait_log(re.compile(rf"\[error\] .*native: exception-{tok}\nTraceback"), since=mark)
+    assert f"ValueError: boom-{tok}" in text
+    assert f"debug-{tok}" not in native.log_since(mark)
+
+
+@pytest.mark.nginx_log_alerts_ok
+def test_logging_critical_is_crit(native):
+    tok = token()
+    mark = native.log_mark()
+    assert native.get(f"/log?token={tok}&crit=1").status_code == 200
+    native.wait_log(re.compile(rf"\[crit\] .*native: critical-{tok}"), since=mark)

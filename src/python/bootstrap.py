@@ -5,6 +5,7 @@ import hashlib
 import importlib
 import importlib.util
 import io
+import logging
 import os
 import sys
 
@@ -110,3 +111,47 @@ def log_stream(sink):
     raw = _LogRaw(sink)
     return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace",
                             line_buffering=True, write_through=True)
+
+
+# Python logging levels to nginx's (NGX_LOG_CRIT 3, ERR 4, WARN 5, INFO 7, DEBUG 8).
+def _nginx_level(levelno):
+    if levelno >= logging.CRITICAL:
+        return 3
+    if levelno >= logging.ERROR:
+        return 4
+    if levelno >= logging.WARNING:
+        return 5
+    if levelno >= logging.INFO:
+        return 7
+    return 8
+
+
+class NginxHandler(logging.Handler):
+    """Records into nginx's error log at their level; during a request, with its context
+    (client, server, request). Installed as `logging.lastResort`: it takes records that no
+    handler of the application's takes, so an application that configures logging keeps its
+    own handlers."""
+
+    def __init__(self, emit):
+        super().__init__()
+        self._emit = emit
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record):
+        try:
+            self._emit(_nginx_level(record.levelno), self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def install_logging(emit, error_log_level):
+    """Root logger records go to nginx's error log, filtered by its level (the root logger's
+    level follows `error_log`)."""
+    logging.lastResort = NginxHandler(emit)
+    levels = {3: logging.CRITICAL, 4: logging.ERROR, 5: logging.WARNING, 6: logging.WARNING,
+              7: logging.INFO}
+    if error_log_level >= 8:
+        level = logging.DEBUG
+    else:
+        level = levels.get(error_log_level, logging.CRITICAL + 1)
+    logging.getLogger().setLevel(level)

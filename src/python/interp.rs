@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
 use crate::conf::{AppSource, AppSpec, MainConf};
-use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use crate::log::{Log, LogStream, LogWrite, NGX_LOG_ALERT, NGX_LOG_ERR};
 
 /// Helpers written in Python: importing scripts under unique names, and the like.
 const BOOTSTRAP: &str = include_str!("bootstrap.py");
@@ -165,13 +165,20 @@ pub fn start_worker(mcf: &MainConf, log: Log) {
         let code = CString::new(BOOTSTRAP).expect("bootstrap has no NUL");
         let bootstrap = PyModule::from_code(py, &code, c"ngx_wsgi_bootstrap.py", c"_ngx_wsgi")?;
         // sys.stderr / sys.stdout: text streams like the interpreter's own, writing into
-        // nginx's error log with its prefix and level.
-        for (name, level) in [("stderr", NGX_LOG_ERR), ("stdout", NGX_LOG_NOTICE)] {
+        // nginx's error log with its prefix and level (print() at info).
+        for (name, level) in [
+            ("stderr", NGX_LOG_ERR),
+            ("stdout", crate::log::NGX_LOG_INFO),
+        ] {
             let sink = Bound::new(py, LogStream::new(std::sync::Arc::new(Log::cycle()), level))?;
             let stream = bootstrap.call_method1("log_stream", (sink,))?;
             sys.setattr(name, &stream)?;
             sys.setattr(format!("__{name}__").as_str(), &stream)?;
         }
+
+        // `logging`: records no handler of the application's takes go to nginx's error log.
+        let emit = pyo3::wrap_pyfunction!(crate::python::wsgi::log, &bootstrap)?;
+        bootstrap.call_method1("install_logging", (emit, log.level()))?;
 
         let path = sys.getattr("path")?;
         for (i, dir) in mcf.python_path.iter().enumerate() {

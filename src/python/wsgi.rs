@@ -141,8 +141,42 @@ pub struct Running {
     log_vars: Option<Py<PyDict>>,
 }
 
+thread_local! {
+    /// The log of the request whose application this thread runs now (`logging` and
+    /// `nginx_log` write there, with the request's context).
+    static REQUEST_LOG: RefCell<Option<Arc<dyn LogWrite>>> = const { RefCell::new(None) };
+}
+
+/// Makes `log` this thread's request log while the guard lives.
+struct RequestLog(Option<Arc<dyn LogWrite>>);
+
+impl RequestLog {
+    fn enter(log: &Arc<dyn LogWrite>) -> RequestLog {
+        RequestLog(REQUEST_LOG.with(|l| l.borrow_mut().replace(log.clone())))
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        REQUEST_LOG.with(|l| *l.borrow_mut() = prev);
+    }
+}
+
+/// `_ngx_wsgi.log(level, message)`: a message for nginx's error log at an nginx level, with
+/// the current request's context when there is one.
+#[pyfunction]
+pub fn log(level: u32, message: &str) {
+    let current = REQUEST_LOG.with(|l| l.borrow().clone());
+    match current {
+        Some(log) => log.write(level, message),
+        None => crate::log::Log::cycle().write(level, message),
+    }
+}
+
 impl Running {
     fn call(&mut self, py: Python<'_>, app: &Bound<'_, PyAny>, environ: Bound<'_, PyDict>) -> Step {
+        let _log = RequestLog::enter(&self.log);
         let active = Active::enter(self.id, &self.responder);
         let start_response = match Bound::new(py, StartResponse { id: self.id }) {
             Ok(s) => s,
@@ -203,6 +237,7 @@ impl Running {
 
     /// Pulls the body into the sink until it ends or the sink is full.
     pub fn resume(&mut self, py: Python<'_>) -> Step {
+        let _log = RequestLog::enter(&self.log);
         let _active = Active::enter(self.id, &self.responder);
         loop {
             if stop_early(&self.responder) {

@@ -7,6 +7,7 @@
 """
 
 import json
+import logging
 import time
 from urllib.parse import parse_qs
 
@@ -23,6 +24,20 @@ def application(environ, start_response):
     elif path.endswith("/logvars"):
         environ["nginx.log_vars"]["user"] = q.get("user", "")
         environ["nginx.log_vars"]["Plan"] = 42
+        body = b"logged"
+    elif path.endswith("/log"):
+        tok = q["token"]
+        log = logging.getLogger("native")
+        log.debug("debug-%s", tok)
+        log.info("info-%s", tok)
+        log.warning("warning-%s", tok)
+        log.error("error-%s", tok)
+        try:
+            raise ValueError(f"boom-{tok}")
+        except ValueError:
+            log.exception("exception-%s", tok)
+        if q.get("crit"):
+            log.critical("critical-%s", tok)
         body = b"logged"
     elif path.endswith("/sleep"):
         time.sleep(int(q["ms"]) / 1000)
