@@ -330,6 +330,12 @@ impl Worker {
     }
 }
 
+/// The calling thread's kernel id (as in `/proc/self/task/`).
+pub fn kernel_thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
 /// Takes ownership of a descriptor Python just duplicated for us (`os.dup`).
 pub fn own_fd(fd: i32) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;

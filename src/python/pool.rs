@@ -3,8 +3,18 @@
 //! applications, and a watchdog that interrupts applications past `wsgi_timeout`.
 //!
 //! Threads stay attached to the interpreter and detach only while they wait for work (so the
-//! GIL is free for the others, and no thread state is created per request). They never touch
-//! nginx: a job carries owned request data and an `Exchange`, and results go back through it.
+//! GIL is free for the others, and no thread state is created per request).
+//!
+//! Adaptive concurrency: `wsgi_threads` is the most threads that run; how many are awake
+//! follows what the application does. A thread that finishes a job takes the next one without
+//! sleeping, so an application that computes (hello world) is served by one awake thread:
+//! more would only take the GIL from each other (and wake each other, a futex each time). A
+//! sleeping thread is woken when jobs wait and no awake thread can take them: at once when
+//! none runs a job, else when the watchdog (every `WATCH`) finds every thread that runs a job
+//! asleep in the kernel (blocked in I/O, a sleep, a lock: the GIL is free) while jobs have
+//! waited `RAMP`; it then wakes one thread per waiting job, and until it finds a runnable one
+//! again, new jobs wake sleepers at once. A CPU-bound thread is runnable, never asleep, so
+//! computing applications stay on one thread.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +64,21 @@ pub struct Pool {
     threads: usize,
     pub busy: AtomicUsize,
     running: AtomicUsize,
+    /// Kernel thread ids of the threads running a job now (0: none), by thread.
+    working: Vec<std::sync::atomic::AtomicI32>,
+    /// The watchdog's last finding: the application blocks (running threads were asleep in
+    /// the kernel while jobs waited). While it holds, a job that finds no free awake thread
+    /// wakes a sleeper at once.
+    blocking: std::sync::atomic::AtomicBool,
+}
+
+/// Jobs have waited this long (and every running thread is blocked): wake more threads.
+const RAMP: Duration = Duration::from_millis(1);
+/// How often the watchdog looks at the queue.
+const WATCH: Duration = Duration::from_millis(2);
+
+fn aged(q: &Queue, limit: Duration) -> bool {
+    q.jobs.front().is_some_and(|j| j.queued.elapsed() >= limit)
 }
 
 static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
@@ -78,12 +103,19 @@ impl Pool {
     #[allow(clippy::result_large_err)] // the job goes back to its caller, who finalizes it
     pub fn try_submit(&self, job: Job) -> Result<(), Job> {
         let mut q = self.lock();
-        let idle = self.threads - self.busy.load(Ordering::Acquire).min(self.threads);
+        let busy = self.busy.load(Ordering::Acquire).min(self.threads);
+        let idle = self.threads - busy;
         if q.shutdown || q.jobs.len() >= self.capacity + idle {
             return Err(job);
         }
         q.jobs.push_back(job);
-        let wake = q.sleepers > 0;
+        // An awake thread between jobs takes it; a running one takes it after its job. A
+        // sleeper is woken when no thread runs a job, or when the application blocks.
+        let awake = self.threads.saturating_sub(q.sleepers);
+        let free = awake.saturating_sub(busy);
+        let wake = q.sleepers > 0
+            && free < q.jobs.len()
+            && (busy == 0 || self.blocking.load(Ordering::Relaxed));
         drop(q);
         if wake {
             self.work.notify_one();
@@ -117,12 +149,53 @@ impl Pool {
         }
     }
 
+    /// The next job for a thread that just finished one.
     fn try_next_job(&self) -> Option<Job> {
         let mut q = self.lock();
         let job = q.jobs.pop_front()?;
         let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
         crate::stats::set_load(busy, q.jobs.len());
         Some(job)
+    }
+
+    /// The watchdog's look at the queue: jobs have waited and every thread running a job is
+    /// asleep in the kernel (so the GIL is free for more), or none runs one: wake a sleeping
+    /// thread per waiting job.
+    fn starved(&self) {
+        let q = self.lock();
+        if !aged(&q, RAMP) {
+            // The awake threads keep up.
+            self.blocking.store(false, Ordering::Relaxed);
+            return;
+        }
+        if q.sleepers == 0 {
+            return;
+        }
+        let waiting = q.jobs.len();
+        let sleepers = q.sleepers;
+        drop(q);
+        let blocked = self
+            .working
+            .iter()
+            .map(|t| t.load(Ordering::Acquire))
+            .filter(|&tid| tid != 0)
+            .all(|tid| {
+                // The state letter after the command name's closing parenthesis: S or D asleep,
+                // R runnable (computing, or waiting for a core).
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    })
+                    .is_some_and(|state| state == 'S' || state == 'D')
+            });
+        self.blocking.store(blocked, Ordering::Relaxed);
+        if blocked {
+            for _ in 0..waiting.min(sleepers) {
+                self.work.notify_one();
+            }
+        }
     }
 
     fn next_interrupt(&self) -> Option<Interrupt> {
@@ -134,7 +207,13 @@ impl Pool {
             if q.shutdown {
                 return None;
             }
-            q = self.watchdog.wait(q).unwrap_or_else(|e| e.into_inner());
+            let (next, _) = self
+                .watchdog
+                .wait_timeout(q, WATCH)
+                .unwrap_or_else(|e| e.into_inner());
+            drop(next);
+            self.starved();
+            q = self.lock();
         }
     }
 
@@ -164,6 +243,10 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
         threads,
         busy: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
+        working: (0..threads)
+            .map(|_| std::sync::atomic::AtomicI32::new(0))
+            .collect(),
+        blocking: std::sync::atomic::AtomicBool::new(false),
     });
     // Published only once every thread runs: requests never wait for threads that failed to
     // start (the handler answers 503 without a pool).
@@ -174,7 +257,7 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
             let started = std::thread::Builder::new()
                 .name(format!("wsgi-{i}"))
                 .spawn(move || {
-                    Python::attach(|py| app_thread(py, &p));
+                    Python::attach(|py| app_thread(py, &p, i));
                     p.exit();
                 });
             if let Err(e) = started {
@@ -234,7 +317,8 @@ pub fn stop(grace: Duration) -> bool {
     true
 }
 
-fn app_thread(py: Python<'_>, pool: &Pool) {
+fn app_thread(py: Python<'_>, pool: &Pool, index: usize) {
+    let tid = crate::python::interp::kernel_thread_id();
     let ident: u64 = py
         .import("threading")
         .and_then(|t| t.call_method0("get_ident"))
@@ -248,10 +332,12 @@ fn app_thread(py: Python<'_>, pool: &Pool) {
     {
         let ex = job.ex.clone();
         ex.thread_ident.store(ident, Ordering::Release);
+        pool.working[index].store(tid, Ordering::Release);
         let t0 = Instant::now();
         let queue_time = t0.saturating_duration_since(job.queued);
         let outcome = run_job(py, job);
         let app_time = t0.elapsed();
+        pool.working[index].store(0, Ordering::Release);
         ex.thread_ident.store(0, Ordering::Release);
         if ex.interrupted.load(Ordering::Acquire) {
             // A timeout exception that the application did not reach must not fire in
