@@ -24,6 +24,13 @@ def conf(mode):
         sendfile on;
         location / {{ wsgi_app @APPS@/files.py; }}
         location = /status {{ wsgi_status; }}
+        location /aio/ {{
+            sendfile off;
+            aio threads;
+            output_buffers 2 32k;
+            wsgi_app @APPS@/files.py;
+            wsgi_script_name /aio;
+        }}
         location /gz/ {{
             gzip on; gzip_types text/plain; gzip_min_length 0;
             wsgi_app @APPS@/files.py;
@@ -101,6 +108,16 @@ def test_gzip_reads_the_file_through_nginx(files):
     assert resp.status == 200, explain(resp, files)
     assert resp.header("Content-Encoding") == "gzip"
     assert gzip.decompress(resp.body) == files.small.read_bytes()
+
+
+def test_aio_threads_and_output_buffers_read_the_file(files):
+    """With sendfile off, nginx reads the file itself, in its thread pool (aio threads),
+    through output_buffers."""
+    mid = files.prefix / "mid.bin"
+    mid.write_bytes(bytes(range(256)) * 8000)
+    resp = files.get(f"/aio/file?path={mid}")
+    assert resp.status_code == 200, explain(resp, files)
+    assert resp.content == mid.read_bytes()
 
 
 def test_object_without_fileno_is_iterated(files):
