@@ -31,6 +31,12 @@ def conf(mode):
             wsgi_app @APPS@/files.py;
             wsgi_script_name /aio;
         }}
+        location /direct/ {{
+            directio 64k;
+            output_buffers 2 64k;
+            wsgi_app @APPS@/files.py;
+            wsgi_script_name /direct;
+        }}
         location /gz/ {{
             gzip on; gzip_types text/plain; gzip_min_length 0;
             wsgi_app @APPS@/files.py;
@@ -118,6 +124,47 @@ def test_aio_threads_and_output_buffers_read_the_file(files):
     resp = files.get(f"/aio/file?path={mid}")
     assert resp.status_code == 200, explain(resp, files)
     assert resp.content == mid.read_bytes()
+
+
+def test_directio_reads_the_file(files):
+    """A file past `directio` is read by nginx with O_DIRECT (aligned output buffers)."""
+    mid = files.prefix / "direct.bin"
+    mid.write_bytes(bytes(range(256)) * 4099)
+    resp = files.get(f"/direct/file?path={mid}&skip=3")
+    assert resp.status_code == 200, explain(resp, files)
+    assert resp.content == mid.read_bytes()[3:]
+
+
+def open_flags(pid, path):
+    """The open flags of `pid`'s descriptors on `path` (from /proc/PID/fdinfo)."""
+    flags = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                for line in open(f"/proc/{pid}/fdinfo/{fd}"):
+                    if line.startswith("flags:"):
+                        flags.append(int(line.split()[1], 8))
+        except OSError:
+            continue
+    return flags
+
+
+@pytest.mark.parametrize("prefix, direct", [("/direct", True), ("", False)])
+def test_directio_is_set_on_large_files(files, prefix, direct):
+    """While nginx sends a file past `directio`, its descriptor has O_DIRECT (and not
+    without the directive)."""
+    worker = next(iter(files.worker_pids()))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.settimeout(10)
+    try:
+        sock.connect(("127.0.0.1", files.port))
+        sock.sendall(build_request("GET", f"{prefix}/file?path={files.big}"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        flags = wait_until(lambda: open_flags(worker, files.big), 5, what="the open file")
+        assert all(bool(f & os.O_DIRECT) == direct for f in flags), [oct(f) for f in flags]
+    finally:
+        sock.close()
 
 
 def test_object_without_fileno_is_iterated(files):

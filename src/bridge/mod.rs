@@ -415,23 +415,8 @@ unsafe fn pump(ls: *mut LoopState) {
                     pieces.len()
                 );
                 // SAFETY: see `sink` above.
-                if unsafe { (*sink).body_pieces(&slices) }.is_err() {
-                    abort(s);
-                    continue;
-                }
-                progress(s);
-                // SAFETY: the live request.
-                if unsafe { output_busy(s.r) } {
-                    // Now the client is the slow side: send_timeout watches it, and the
-                    // application's timeout waits until output flows again.
-                    s.waiting_write = true;
-                    // SAFETY: the loop state's own timer; the live request.
-                    unsafe {
-                        if s.timer.timer_set() != 0 {
-                            ngx_del_timer(&mut s.timer);
-                        }
-                        arm_write(s);
-                    }
+                let sent = unsafe { (*sink).body_pieces(&slices) };
+                if sent_and_busy(s, sent) {
                     return;
                 }
             }
@@ -441,21 +426,8 @@ unsafe fn pump(ls: *mut LoopState) {
                 }
                 crate::debug!(log_of(s.r), "wsgi body: {} bytes of a file", file.len);
                 // SAFETY: see `sink` above.
-                if unsafe { (*sink).file_body(file) }.is_err() {
-                    abort(s);
-                    continue;
-                }
-                progress(s);
-                // SAFETY: the live request.
-                if unsafe { output_busy(s.r) } {
-                    s.waiting_write = true;
-                    // SAFETY: the loop state's own timer; the live request.
-                    unsafe {
-                        if s.timer.timer_set() != 0 {
-                            ngx_del_timer(&mut s.timer);
-                        }
-                        arm_write(s);
-                    }
+                let sent = unsafe { (*sink).file_body(file) };
+                if sent_and_busy(s, sent) {
                     return;
                 }
             }
@@ -476,6 +448,30 @@ unsafe fn pump(ls: *mut LoopState) {
             }
         }
     }
+}
+
+/// After a piece of body went to nginx: a failure aborts; output that waits for the client
+/// makes the request wait for write events (true: stop pumping).
+fn sent_and_busy(s: &mut LoopState, sent: Result<(), SinkError>) -> bool {
+    if sent.is_err() {
+        abort(s);
+        return false;
+    }
+    progress(s);
+    // SAFETY: the live request of a live loop state.
+    if !unsafe { output_busy(s.r) } {
+        return false;
+    }
+    // Now the client is the slow side: send_timeout watches it, and the application's
+    // timeout waits until output flows again.
+    s.waiting_write = true;
+    if s.timer.timer_set() != 0 {
+        // SAFETY: the loop state's own timer, in the event tree.
+        unsafe { ngx_del_timer(&mut s.timer) };
+    }
+    // SAFETY: as above.
+    unsafe { arm_write(s) };
+    true
 }
 
 /// The application produced output: `wsgi_timeout` counts from here again (like

@@ -708,6 +708,17 @@ impl NgxSink {
                 data: name.as_ptr() as *mut u8,
             };
             (*f).log = log;
+            // `directio`: a file at least that large is read with O_DIRECT, as the static
+            // module does (then sendfile does not apply to it).
+            if let Some(clcf) = NgxHttpCoreModule::location_conf(r) {
+                let size = (file.offset + file.len) as i64;
+                if (clcf.directio as u64) < ngx::ffi::NGX_MAX_OFF_T_VALUE
+                    && size >= clcf.directio as i64
+                    && set_direct_io(fd)
+                {
+                    (*f).set_directio(1);
+                }
+            }
             (*b).file = f;
             (*b).set_in_file(1);
             (*b).file_pos = file.offset as _;
@@ -721,6 +732,15 @@ impl NgxSink {
             }
         }
         Ok(())
+    }
+}
+
+/// `ngx_directio_on`: O_DIRECT on an open descriptor (a macro in nginx).
+fn set_direct_io(fd: i32) -> bool {
+    // SAFETY: fcntl on a descriptor the request pool owns; reading and setting its flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) == 0
     }
 }
 
