@@ -711,9 +711,9 @@ impl NgxSink {
             // `directio`: a file at least that large is read with O_DIRECT, as the static
             // module does (then sendfile does not apply to it).
             if let Some(clcf) = NgxHttpCoreModule::location_conf(r) {
-                let size = (file.offset + file.len) as i64;
+                let size = (file.offset + file.len) as ngx::ffi::off_t;
                 if (clcf.directio as u64) < ngx::ffi::NGX_MAX_OFF_T_VALUE
-                    && size >= clcf.directio as i64
+                    && size >= clcf.directio
                     && set_direct_io(fd)
                 {
                     (*f).set_directio(1);
