@@ -244,6 +244,17 @@ impl LogStream {
         target.write(self.level, text);
     }
 
+    /// Adds text to the pending line; complete lines go to the log.
+    fn push_text(&self, text: &str) {
+        let mut pending = self.pending();
+        pending.push_str(text);
+        if let Some(i) = pending.rfind('\n') {
+            let complete: String = pending.drain(..=i).collect();
+            drop(pending);
+            self.emit(&complete);
+        }
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, String> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -262,27 +273,13 @@ impl LogStream {
             ))
         })?;
         let text = s.to_cow()?;
-        let n = text.chars().count();
-        let mut pending = self.pending();
-        pending.push_str(&text);
-        if let Some(i) = pending.rfind('\n') {
-            let complete: String = pending.drain(..=i).collect();
-            drop(pending);
-            self.emit(&complete);
-        }
-        Ok(n)
+        self.push_text(&text);
+        Ok(text.chars().count())
     }
 
     /// The bytes side (`sys.stderr.buffer` ends here): decoded as UTF-8, kept until a newline.
     fn write_bytes(&self, data: &[u8]) -> usize {
-        let text = String::from_utf8_lossy(data);
-        let mut pending = self.pending();
-        pending.push_str(&text);
-        if let Some(i) = pending.rfind('\n') {
-            let complete: String = pending.drain(..=i).collect();
-            drop(pending);
-            self.emit(&complete);
-        }
+        self.push_text(&String::from_utf8_lossy(data));
         data.len()
     }
 
