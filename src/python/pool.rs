@@ -9,11 +9,12 @@
 //! follows what the application does. A thread that finishes a job takes the next one without
 //! sleeping, so an application that computes (hello world) is served by one awake thread:
 //! more would only take the GIL from each other (and wake each other, a futex each time). A
-//! sleeping thread is woken when jobs wait and no awake thread can take them: at once when
-//! none runs a job, else when the watchdog (every `WATCH`) finds every thread that runs a job
-//! asleep in the kernel (blocked in I/O, a sleep, a lock: the GIL is free) while jobs have
-//! waited `RAMP`; it then wakes one thread per waiting job, and until it finds a runnable one
-//! again, new jobs wake sleepers at once. A CPU-bound thread is runnable, never asleep, so
+//! sleeping thread is woken when no thread is awake, or when the watchdog (every `WATCH`)
+//! finds every thread that runs a job asleep in the kernel (blocked in I/O, a sleep, a lock:
+//! the GIL is free) while jobs have waited `RAMP`; it then wakes one thread per waiting job,
+//! and until it finds the queue keeping up again, new jobs that no awake thread is free for
+//! wake sleepers at once. A woken thread counts as awake from the wake-up on, so a burst of
+//! jobs wakes one thread, not one each. A CPU-bound thread is runnable, never asleep, so
 //! computing applications stay on one thread.
 
 use std::collections::VecDeque;
@@ -49,8 +50,12 @@ struct Interrupt {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Threads waiting for work on `work`: wake-ups (a futex call each) only when some are.
+    /// Threads waiting for work on `work` and not yet woken: wake-ups (a futex call each)
+    /// only when some are.
     sleepers: usize,
+    /// Wake-ups sent and not yet taken by a thread: a woken thread counts as awake from the
+    /// moment it is woken, so jobs queued before it runs do not wake more threads.
+    woken: usize,
     interrupts: VecDeque<Interrupt>,
     shutdown: bool,
 }
@@ -109,18 +114,30 @@ impl Pool {
             return Err(job);
         }
         q.jobs.push_back(job);
-        // An awake thread between jobs takes it; a running one takes it after its job. A
-        // sleeper is woken when no thread runs a job, or when the application blocks.
+        // An awake thread takes it, at once or after its job; a sleeper is woken when no
+        // thread is awake, or when the application blocks and the awake ones are not enough.
         let awake = self.threads.saturating_sub(q.sleepers);
         let free = awake.saturating_sub(busy);
         let wake = q.sleepers > 0
-            && free < q.jobs.len()
-            && (busy == 0 || self.blocking.load(Ordering::Relaxed));
+            && if self.blocking.load(Ordering::Relaxed) {
+                free < q.jobs.len()
+            } else {
+                awake == 0
+            };
+        if wake {
+            Self::wake_one(&mut q);
+        }
         drop(q);
         if wake {
             self.work.notify_one();
         }
         Ok(())
+    }
+
+    /// Counts a sleeping thread as woken; the caller then notifies `work` once.
+    fn wake_one(q: &mut Queue) {
+        q.sleepers -= 1;
+        q.woken += 1;
     }
 
     pub fn waiting(&self) -> usize {
@@ -144,8 +161,15 @@ impl Pool {
                 return None;
             }
             q.sleepers += 1;
-            q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
-            q.sleepers -= 1;
+            loop {
+                q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+                // Whichever thread returns takes a wake-up; one that finds none was not woken
+                // (a spurious return) and waits on, still counted as a sleeper.
+                if q.woken > 0 || q.shutdown {
+                    q.woken = q.woken.saturating_sub(1);
+                    break;
+                }
+            }
         }
     }
 
@@ -171,8 +195,6 @@ impl Pool {
         if q.sleepers == 0 {
             return;
         }
-        let waiting = q.jobs.len();
-        let sleepers = q.sleepers;
         drop(q);
         let blocked = self
             .working
@@ -192,7 +214,13 @@ impl Pool {
             });
         self.blocking.store(blocked, Ordering::Relaxed);
         if blocked {
-            for _ in 0..waiting.min(sleepers) {
+            let mut q = self.lock();
+            let n = q.jobs.len().min(q.sleepers);
+            for _ in 0..n {
+                Self::wake_one(&mut q);
+            }
+            drop(q);
+            for _ in 0..n {
                 self.work.notify_one();
             }
         }
