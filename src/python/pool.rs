@@ -75,10 +75,14 @@ pub struct Pool {
     /// the kernel while jobs waited). While it holds, a job that finds no free awake thread
     /// wakes a sleeper at once.
     blocking: std::sync::atomic::AtomicBool,
+    /// When the watchdog last found jobs waiting `RAMP` (the watchdog's own).
+    last_aged: Mutex<Instant>,
 }
 
 /// Jobs have waited this long (and every running thread is blocked): wake more threads.
 const RAMP: Duration = Duration::from_millis(1);
+/// A blocking verdict stands until jobs have not waited for this long.
+const SETTLE: Duration = Duration::from_millis(100);
 /// How often the watchdog looks at the queue.
 const WATCH: Duration = Duration::from_millis(2);
 
@@ -187,11 +191,18 @@ impl Pool {
     /// thread per waiting job.
     fn starved(&self) {
         let q = self.lock();
+        let mut last_aged = self.last_aged.lock().unwrap_or_else(|e| e.into_inner());
         if !aged(&q, RAMP) {
-            // The awake threads keep up.
-            self.blocking.store(false, Ordering::Relaxed);
+            // The awake threads keep up; the verdict lasts until they have for `SETTLE`
+            // (cleared as soon as they do, the threads the application needs would go to
+            // sleep and be woken again every few milliseconds).
+            if last_aged.elapsed() >= SETTLE {
+                self.blocking.store(false, Ordering::Relaxed);
+            }
             return;
         }
+        *last_aged = Instant::now();
+        drop(last_aged);
         if q.sleepers == 0 {
             return;
         }
@@ -275,6 +286,7 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
             .map(|_| std::sync::atomic::AtomicI32::new(0))
             .collect(),
         blocking: std::sync::atomic::AtomicBool::new(false),
+        last_aged: Mutex::new(Instant::now()),
     });
     // Published only once every thread runs: requests never wait for threads that failed to
     // start (the handler answers 503 without a pool).
