@@ -54,7 +54,9 @@ VENDORED_NGINX = BUILD / "vendored" / "nginx"
 VENDORED_MODULE = BUILD / "vendored" / "ngx_http_wsgi_module.so"
 
 WORKERS = 2            # worker processes of every server
+WSGI_THREADS = 16      # the module's wsgi_threads default
 GTHREAD_THREADS = 16   # gunicorn gthread threads per worker, as wsgi_threads' default
+MIXED_PER_THREAD = 4   # mixed: sleeping connections per Python thread (see measure_mixed)
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -75,6 +77,8 @@ class Workload:
     body_bytes: int = 0        # > 0: POST a body of this size
     ceiling_expect_len: Optional[int] = None   # what nginx's ceiling location answers
     ceiling_note: str = ""
+    background: Optional["Workload"] = None    # mixed: the load that keeps the app asleep
+    background_sleep_s: float = 0.0            # how long each of its requests sleeps
 
 
 MIB = 1024 * 1024
@@ -90,6 +94,10 @@ WORKLOADS = [
              ceiling_note="static 10 MiB file (sendfile)"),
     Workload("stream", "streamed, 100 chunks of 1 KiB", "/stream", 100 * 1024,
              ceiling_note="static 100 KiB file"),
+    Workload("mixed", "return 200 while every app thread sleeps", "/r200", 2,
+             ceiling_note="the same location, no application behind it: the baseline",
+             background=Workload("sleep100", "app sleeps 100 ms", "/sleep100", 12),
+             background_sleep_s=0.1),
 ]
 WORKLOAD_BY_KEY = {w.key: w for w in WORKLOADS}
 QUICK_WORKLOADS = ["hello", "64k", "sleep"]
@@ -357,7 +365,8 @@ def ceiling_locations() -> str:
         location = /sleep {{ default_type text/plain; return 200 "slept 1 ms"; }}
         location = /echo {{ default_type text/plain; return 200 "ok"; }}
         location = /file {{ alias {DATA}/file-10m.bin; }}
-        location = /stream {{ alias {www}/stream-100k.bin; }}"""
+        location = /stream {{ alias {www}/stream-100k.bin; }}
+        location = /r200 {{ default_type text/plain; return 200 "ok"; }}"""
 
 
 def proxy_locations(kind: str) -> str:
@@ -404,6 +413,7 @@ class Config:
     files: tuple = ()                 # files that must exist
     in_quick: bool = False
     note: str = ""
+    app_threads: int = 0              # the module's Python threads per worker (0: none)
 
 
 def venv_bin(name: str) -> str:
@@ -423,10 +433,12 @@ def wsgi_starter(nginx: Path, module: Path, threads: Optional[int]) -> Callable:
         extra = f"    wsgi_python_path {APPS};\n"
         if threads is not None:
             extra += f"    wsgi_threads {threads};\n"
+        # /r200: plain nginx in the module's server, for the mixed workload
         locations = f"""
         location / {{
             wsgi_app {APPS}/suite.py;
-        }}"""
+        }}
+        location = /r200 {{ default_type text/plain; return 200 "ok"; }}"""
         conf = nginx_conf(prefix, port, locations, module=module, http_extra=extra)
         p = start_nginx("nginx", nginx, prefix, conf)
         return Server(port, [p], [prefix / "logs" / "error.log"])
@@ -488,14 +500,15 @@ def proxied_starter(kind: str) -> Callable:
 CONFIGS = [
     Config("nginx", "nginx return 200 / static file (ceiling)", "ceiling", start_ceiling,
            files=(DEBIAN_NGINX,), in_quick=True,
-           note="Debian nginx alone: `return 200` for hello/sleep/echo, static files otherwise"),
+           note="Debian nginx alone: `return 200` for hello/sleep/echo/mixed, static files "
+                "otherwise"),
     Config("wsgi", "ngx-wsgi threaded, nginx 1.22 (Debian)", "ngx-wsgi",
            wsgi_starter(DEBIAN_NGINX, DEBIAN_MODULE, None),
-           files=(DEBIAN_NGINX, DEBIAN_MODULE), in_quick=True,
+           files=(DEBIAN_NGINX, DEBIAN_MODULE), in_quick=True, app_threads=WSGI_THREADS,
            note="wsgi_threads default (16) per worker"),
     Config("wsgi-vendored", "ngx-wsgi threaded, nginx 1.28 (vendored)", "ngx-wsgi",
            wsgi_starter(VENDORED_NGINX, VENDORED_MODULE, None),
-           files=(VENDORED_NGINX, VENDORED_MODULE),
+           files=(VENDORED_NGINX, VENDORED_MODULE), app_threads=WSGI_THREADS,
            note="build/vendored/nginx with build/vendored/ngx_http_wsgi_module.so"),
     Config("wsgi-inline", "ngx-wsgi inline (wsgi_threads 0), Debian", "ngx-wsgi",
            wsgi_starter(DEBIAN_NGINX, DEBIAN_MODULE, 0),
@@ -721,13 +734,23 @@ def mtime(path: Path) -> str:
 # Measuring
 # ---------------------------------------------------------------------------------------
 
-def wrk_run(port: int, wl: Workload, seconds: float, args, timeout_extra: float = 60) -> dict:
+def wrk_start(port: int, wl: Workload, seconds: int, threads: int,
+              connections: int) -> subprocess.Popen:
     env = dict(os.environ, BENCH_BODY_BYTES=str(wl.body_bytes))
-    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s",
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
             "--timeout", "10s", "--latency", "-s", str(WRK_SCRIPT),
             f"http://127.0.0.1:{port}{wl.path}"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+
+
+def wrk_run(port: int, wl: Workload, seconds: float, args, timeout_extra: float = 60) -> dict:
+    proc = wrk_start(port, wl, seconds, args.threads, args.connections)
+    return wrk_finish(proc, seconds, timeout_extra)
+
+
+def wrk_finish(proc: subprocess.Popen, seconds: float, timeout_extra: float = 60) -> dict:
+    """Waits for a wrk started by wrk_start (killed if that fails) and reads its counters."""
     try:
         out, _ = proc.communicate(timeout=seconds + timeout_extra)
     except BaseException:
@@ -740,6 +763,77 @@ def wrk_run(port: int, wl: Workload, seconds: float, args, timeout_extra: float 
     data = json.loads(m.group(1))
     data["raw"] = out
     return data
+
+
+def wrk_figures(w: dict) -> dict:
+    """A wrk result as the figures a measurement records."""
+    secs = w["duration_us"] / 1e6
+    return {
+        "rps": w["requests"] / secs if secs else 0.0,
+        "requests": w["requests"],
+        "mb_per_s": w["bytes"] / secs / MIB if secs else 0.0,
+        "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000, "max_ms": w["lat_max_us"] / 1000,
+        "non2xx": w["status"],
+        "socket_errors": w["connect"] + w["read"] + w["write"] + w["timeout"],
+        "errors_detail": {k: w[k] for k in ("connect", "read", "write", "timeout")},
+    }
+
+
+def not_applicable(wl: Workload, cfg: Config) -> Optional[str]:
+    """Why the workload does not apply to the configuration (None: it does)."""
+    if wl.background is None or cfg.group == "ceiling" or cfg.app_threads:
+        return None
+    if cfg.group == "ngx-wsgi":
+        return "no Python threads: the application would sleep on the event loop"
+    return "the application runs in processes of its own, not in nginx's workers"
+
+
+def measure_mixed(server: Server, wl: Workload, cfg: Config, args) -> dict:
+    """wrk on the nginx location alone, then the same while a second wrk keeps every Python
+    thread of every worker asleep in the application (the ceiling: alone only). The second
+    wrk has MIXED_PER_THREAD connections per thread, so the threads stay busy even when the
+    connections split unevenly between the workers; even all on one worker wait within
+    wsgi_queue (256) instead of getting 503. It starts 1 s before the measurement and its
+    -d ends it 1 s after."""
+    if args.warmup > 0:
+        wrk_run(server.port, wl, args.warmup, args)
+    sampler = RssSampler(server.procs)
+    sampler.start()
+    bg = None
+    try:
+        alone = wrk_figures(wrk_run(server.port, wl, args.duration, args))
+        if not cfg.app_threads:
+            return dict(alone, alone_rps=alone["rps"], alone_p50_ms=alone["p50_ms"],
+                        alone_p99_ms=alone["p99_ms"], rss_peak_kb=sampler.stop())
+        threads = WORKERS * cfg.app_threads
+        conns = MIXED_PER_THREAD * threads
+        bg = wrk_start(server.port, wl.background, args.duration + 2, 1, conns)
+        time.sleep(1.0)
+        loaded = wrk_figures(wrk_run(server.port, wl, args.duration, args))
+        rss_kb = sampler.stop()
+        bw = wrk_finish(bg, args.duration + 2)
+        b = wrk_figures(bw)
+    finally:
+        sampler.stop()
+        if bg is not None and bg.poll() is None:
+            bg.kill()
+            bg.wait()
+    return dict(
+        loaded,
+        non2xx=loaded["non2xx"] + alone["non2xx"],
+        socket_errors=loaded["socket_errors"] + alone["socket_errors"],
+        errors_detail={k: v + alone["errors_detail"][k]
+                       for k, v in loaded["errors_detail"].items()},
+        alone_rps=alone["rps"], alone_p50_ms=alone["p50_ms"], alone_p99_ms=alone["p99_ms"],
+        p99_ratio=loaded["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else None,
+        bg_rps=b["rps"], bg_connections=conns, bg_threads=threads,
+        # Little's law: requests in the application at once = throughput × time in it,
+        # counted from the first sleep's end on (nothing completes before)
+        bg_busy=bw["requests"] * wl.background_sleep_s
+        / max(bw["duration_us"] / 1e6 - wl.background_sleep_s, 1e-3),
+        bg_errors=b["non2xx"] + b["socket_errors"],
+        rss_peak_kb=rss_kb)
 
 
 def check(port: int, wl: Workload, cfg: Config) -> Optional[str]:
@@ -796,6 +890,13 @@ def measure_config(cfg: Config, workloads: list, rnd: int, args, results: list, 
     shutil.rmtree(prefix, ignore_errors=True)
     prefix.mkdir(parents=True)
     server = None
+    na = {wl.key: not_applicable(wl, cfg) for wl in workloads}
+    for wl in workloads:
+        if na[wl.key]:
+            results.append({"round": rnd, "config": cfg.key, "workload": wl.key, "na": na[wl.key]})
+    workloads = [wl for wl in workloads if not na[wl.key]]
+    if not workloads:
+        return
     t0 = time.monotonic()
     try:
         server = cfg.start(cfg, prefix)
@@ -815,6 +916,8 @@ def measure_config(cfg: Config, workloads: list, rnd: int, args, results: list, 
         for wl in workloads:
             rec = {"round": rnd, "config": cfg.key, "workload": wl.key}
             problem = check(server.port, wl, cfg)
+            if not problem and wl.background and cfg.app_threads:
+                problem = check(server.port, wl.background, cfg)
             if problem:
                 rec["error"] = f"check failed: {problem}"
                 notes.append(f"round {rnd}, {cfg.key}, {wl.key}: {rec['error']}")
@@ -822,37 +925,37 @@ def measure_config(cfg: Config, workloads: list, rnd: int, args, results: list, 
                 results.append(rec)
                 continue
             try:
-                if args.warmup > 0:
-                    wrk_run(server.port, wl, args.warmup, args)
-                sampler = RssSampler(server.procs)
-                sampler.start()
-                try:
-                    w = wrk_run(server.port, wl, args.duration, args)
-                finally:
-                    rss_kb = sampler.stop()
+                if wl.background:
+                    fig = measure_mixed(server, wl, cfg, args)
+                else:
+                    if args.warmup > 0:
+                        wrk_run(server.port, wl, args.warmup, args)
+                    sampler = RssSampler(server.procs)
+                    sampler.start()
+                    try:
+                        fig = wrk_figures(wrk_run(server.port, wl, args.duration, args))
+                    finally:
+                        fig["rss_peak_kb"] = sampler.stop()
             except Exception as e:  # noqa: BLE001
                 rec["error"] = str(e)
                 notes.append(f"round {rnd}, {cfg.key}, {wl.key}: {e}")
                 log(f"    {wl.key:<7} ! {e}")
                 results.append(rec)
                 continue
-            secs = w["duration_us"] / 1e6
-            socket_errors = w["connect"] + w["read"] + w["write"] + w["timeout"]
-            rec.update({
-                "rps": w["requests"] / secs if secs else 0.0,
-                "requests": w["requests"],
-                "mb_per_s": w["bytes"] / secs / MIB if secs else 0.0,
-                "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000,
-                "p99_ms": w["p99_us"] / 1000, "max_ms": w["lat_max_us"] / 1000,
-                "non2xx": w["status"], "socket_errors": socket_errors,
-                "errors_detail": {k: w[k] for k in ("connect", "read", "write", "timeout")},
-                "rss_peak_kb": rss_kb,
-            })
+            rec.update(fig)
             results.append(rec)
-            errs = w["status"] + socket_errors
+            errs = rec["non2xx"] + rec["socket_errors"]
+            if "bg_rps" in rec:
+                log(f"    {wl.key:<7} alone {rec['alone_rps']:>9.0f} req/s  p99 "
+                    f"{rec['alone_p99_ms']:7.2f} ms")
             log(f"    {wl.key:<7} {rec['rps']:>9.0f} req/s  p50 {rec['p50_ms']:7.2f} ms  "
-                f"p99 {rec['p99_ms']:7.2f} ms  rss {rss_kb / 1024:6.0f} MiB"
+                f"p99 {rec['p99_ms']:7.2f} ms  rss {rec['rss_peak_kb'] / 1024:6.0f} MiB"
                 + (f"  errors {errs}" if errs else ""))
+            if "bg_rps" in rec:
+                log(f"    {'':<7} (while {rec['bg_connections']} connections sleep: "
+                    f"{rec['bg_rps']:.0f} req/s, ≈ {rec['bg_busy']:.1f} of {rec['bg_threads']} "
+                    f"threads busy" + (f", errors {rec['bg_errors']}" if rec["bg_errors"] else "")
+                    + f"; p99 × {fmt_ratio(rec['p99_ratio'])})")
         for p in server.procs:
             if not p.alive():
                 msg = f"round {rnd}, {cfg.key}: {p.name} died during the run (log: {p.logfile})"
@@ -879,6 +982,9 @@ def summarize(results: list, configs: list, workloads: list, rounds: int) -> dic
             ok = [r for r in recs if r and "rps" in r]
             row = {"rounds_ok": len(ok), "rounds": rounds,
                    "errors": [r["error"] for r in recs if r and "error" in r]}
+            na = [r["na"] for r in recs if r and "na" in r]
+            if na:
+                row["na"] = na[0]
             if ok:
                 row["rps"] = statistics.median(r["rps"] for r in ok)
                 row["rps_rounds"] = [r["rps"] if r and "rps" in r else None for r in recs]
@@ -888,6 +994,20 @@ def summarize(results: list, configs: list, workloads: list, rounds: int) -> dic
                 row["socket_errors"] = sum(r["socket_errors"] for r in ok)
                 row["rss_mib"] = max(r["rss_peak_kb"] for r in ok) / 1024
                 row["mb_per_s"] = statistics.median(r["mb_per_s"] for r in ok)
+                for k in ("alone_rps", "alone_p50_ms", "alone_p99_ms", "p99_ratio", "bg_rps",
+                          "bg_busy", "bg_threads", "bg_connections"):      # mixed
+                    vals = [r[k] for r in ok if r.get(k) is not None]
+                    if vals:
+                        row[k] = statistics.median(vals)
+                if any("bg_errors" in r for r in ok):
+                    row["bg_errors"] = sum(r.get("bg_errors", 0) for r in ok)
+                if wl.background:       # p99 ÷ the ceiling's p99 (alone) of the same round
+                    ratios = []
+                    for r in ok:
+                        base = by.get((r["round"], "nginx", wl.key))
+                        if base and base.get("p99_ms"):
+                            ratios.append(r["p99_ms"] / base["p99_ms"])
+                    row["p99_x_nginx"] = statistics.median(ratios) if ratios else None
                 for ref in REFERENCES:
                     ratios = []
                     for r in ok:
@@ -914,6 +1034,74 @@ def fmt_ratio(v: Optional[float]) -> str:
 
 def fmt_ms(v: float) -> str:
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def mixed_overview(wl: Workload, configs: list, table: dict) -> str:
+    """The overview's line of the mixed workload: p99 alone -> while the app sleeps."""
+    parts = []
+    for cfg in configs:
+        row = table.get(f"{wl.key}|{cfg.key}", {})
+        if "p99_ms" not in row:
+            if not row.get("na"):
+                parts.append(f"{cfg.label} " + ("failed" if row.get("errors") else "–"))
+        elif "p99_ratio" in row:
+            parts.append(f"{cfg.label} {fmt_ms(row['alone_p99_ms'])} -> "
+                         f"{fmt_ms(row['p99_ms'])} ms (× {fmt_ratio(row['p99_ratio'])})")
+        else:
+            parts.append(f"{cfg.label} {fmt_ms(row['p99_ms'])} ms")
+    return (f"{wl.key} (p99 of `GET {wl.path}`, `return 200`, alone -> while every app thread "
+            f"sleeps): " + "; ".join(parts) + ".")
+
+
+def mixed_section(wl: Workload, configs: list, table: dict) -> list:
+    out = [f"## {wl.key}: {wl.title}", ""]
+    bg = wl.background
+    out.append(f"`GET {wl.path}`, `location = {wl.path} {{ return 200 \"ok\"; }}` in the "
+               f"module's own server, measured alone, then again while a second wrk "
+               f"(`-t1`, {MIXED_PER_THREAD} connections per Python thread, started 1 s before "
+               f"and ending 1 s after) keeps `GET {bg.path}` "
+               f"(`time.sleep({wl.background_sleep_s:g})`) on every Python thread of every "
+               f"worker. Threads busy ≈ its req/s × {wl.background_sleep_s:g} s (Little's law, "
+               f"from its first {wl.background_sleep_s:g} s on), out of workers × "
+               f"`wsgi_threads`. p99 asleep ÷ alone: the median of the rounds' ratios; × nginx "
+               f"p99: asleep p99 ÷ the ceiling's of the same round. Ceiling: {wl.ceiling_note}.")
+    out.append("")
+    out.append("| configuration | req/s alone | p50 ms | p99 ms | req/s asleep | p50 ms | p99 ms "
+               "| p99 asleep ÷ alone | × nginx p99 | sleeping load | errors | peak RSS MiB |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    na = []
+    for cfg in configs:
+        row = table.get(f"{wl.key}|{cfg.key}", {})
+        if row.get("na") and "rps" not in row:
+            na.append(f"{cfg.label}: {row['na']}")
+            continue
+        if "rps" not in row:
+            err = (row.get("errors") or ["not run"])[0]
+            out.append(f"| {cfg.label} | failed: {err[:80].replace('|', '/')} "
+                       "| | | | | | | | | | |")
+            continue
+        errs = row["non2xx"] + row["socket_errors"]
+        err_txt = str(errs)
+        if row["errors"]:
+            err_txt += f" (+{len(row['errors'])} failed round)"
+        alone = (f"{fmt_rps(row['alone_rps'])} | {fmt_ms(row['alone_p50_ms'])} "
+                 f"| {fmt_ms(row['alone_p99_ms'])}")
+        if "bg_rps" in row:
+            asleep = (f"{fmt_rps(row['rps'])} | {fmt_ms(row['p50_ms'])} | {fmt_ms(row['p99_ms'])} "
+                      f"| {fmt_ratio(row.get('p99_ratio'))} | {fmt_ratio(row.get('p99_x_nginx'))}")
+            load = (f"{row['bg_connections']:.0f} conns, {fmt_rps(row['bg_rps'])} req/s, "
+                    f"≈ {row['bg_busy']:.1f} of {row['bg_threads']:.0f} threads busy")
+            if row.get("bg_errors"):
+                load += f", {row['bg_errors']} errors"
+        else:
+            asleep, load = "– | – | – | – | –", "none (no application)"
+        out.append(f"| {cfg.label} | {alone} | {asleep} | {load} | {err_txt} "
+                   f"| {row['rss_mib']:.0f} |")
+    out.append("")
+    if na:
+        out.append("n/a: " + "; ".join(na) + ".")
+        out.append("")
+    return out
 
 
 def render_markdown(meta: dict, configs: list, workloads: list, table: dict) -> str:
@@ -954,20 +1142,29 @@ def render_markdown(meta: dict, configs: list, workloads: list, table: dict) -> 
 
     out.append("## Overview: requests/s (× nginx -> uWSGI)")
     out.append("")
-    out.append("| configuration | " + " | ".join(w.key for w in workloads) + " |")
-    out.append("|---|" + "---:|" * len(workloads))
-    for cfg in configs:
-        cells = []
-        for wl in workloads:
-            row = table.get(f"{wl.key}|{cfg.key}", {})
-            if "rps" not in row:
-                cells.append("failed" if row.get("errors") else "–")
-            else:
-                cells.append(f"{fmt_rps(row['rps'])} ({fmt_ratio(row.get('x_uwsgi'))})")
-        out.append(f"| {cfg.label} | " + " | ".join(cells) + " |")
-    out.append("")
+    plain = [w for w in workloads if not w.background]     # mixed: a line of its own below
+    if plain:
+        out.append("| configuration | " + " | ".join(w.key for w in plain) + " |")
+        out.append("|---|" + "---:|" * len(plain))
+        for cfg in configs:
+            cells = []
+            for wl in plain:
+                row = table.get(f"{wl.key}|{cfg.key}", {})
+                if "rps" not in row:
+                    cells.append("failed" if row.get("errors") else "–")
+                else:
+                    cells.append(f"{fmt_rps(row['rps'])} ({fmt_ratio(row.get('x_uwsgi'))})")
+            out.append(f"| {cfg.label} | " + " | ".join(cells) + " |")
+        out.append("")
+    for wl in workloads:
+        if wl.background:
+            out.append(mixed_overview(wl, configs, table))
+            out.append("")
 
     for wl in workloads:
+        if wl.background:
+            out.extend(mixed_section(wl, configs, table))
+            continue
         out.append(f"## {wl.key}: {wl.title}")
         out.append("")
         desc = f"`{'POST' if wl.body_bytes else 'GET'} {wl.path}`"
@@ -1122,8 +1319,14 @@ def main(argv: list) -> int:
     if "matplotlib" in missing and not args.no_chart:
         skipped["chart"] = missing["matplotlib"]
 
-    per = args.warmup + args.duration + 0.4
-    est = args.rounds * (len(runnable) * (len(workloads) * per + 2.0))
+    def cost(wl: Workload, cfg: Config) -> float:
+        if not_applicable(wl, cfg):
+            return 0.0
+        if wl.background and cfg.app_threads:     # alone, then 1 s + asleep + 1 s
+            return args.warmup + 2 * args.duration + 2.8
+        return args.warmup + args.duration + 0.4
+    est = args.rounds * sum(sum(cost(wl, cfg) for wl in workloads) + 2.0 for cfg in runnable
+                            if any(not not_applicable(wl, cfg) for wl in workloads))
     log(f"{len(runnable)} configurations x {len(workloads)} workloads x {args.rounds} rounds, "
         f"about {est / 60:.1f} min")
 

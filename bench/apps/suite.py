@@ -1,12 +1,13 @@
 """The one application every configuration serves: routes the request path to the
 workload apps in this directory, so every server runs exactly the same Python.
 
-    /hello   hello.py      13 bytes
-    /64k     body64k.py    64 KiB
-    /sleep   sleep1ms.py   waits 1 ms
-    /echo    echo.py       POST body echoed back
-    /file    file10m.py    10 MiB through wsgi.file_wrapper
-    /stream  stream.py     100 chunks of 1 KiB
+    /hello     hello.py       13 bytes
+    /64k       body64k.py     64 KiB
+    /sleep     sleep1ms.py    waits 1 ms
+    /sleep100  sleep100ms.py  waits 100 ms (the mixed workload's sleeping load)
+    /echo      echo.py        POST body echoed back
+    /file      file10m.py     10 MiB through wsgi.file_wrapper
+    /stream    stream.py      100 chunks of 1 KiB
 """
 
 import os
@@ -21,12 +22,14 @@ import echo  # noqa: E402
 import file10m  # noqa: E402
 import hello  # noqa: E402
 import sleep1ms  # noqa: E402
+import sleep100ms  # noqa: E402
 import stream  # noqa: E402
 
 ROUTES = {
     "/hello": hello.application,
     "/64k": body64k.application,
     "/sleep": sleep1ms.application,
+    "/sleep100": sleep100ms.application,
     "/echo": echo.application,
     "/file": file10m.application,
     "/stream": stream.application,
