@@ -251,6 +251,81 @@ def test_slow_reader_bounds_memory(nginx_servers, mode):
     assert resp.status_code == 200, explain(resp, srv)
 
 
+def pieces_body(n, size):
+    """What /pieces?n=N&size=S sends."""
+    return b"".join(bytes([65 + i % 26]) * size for i in range(n))
+
+
+PIECES_CONF = threads_conf(location="""
+            location /gz/ { wsgi_app @APPS@/slow.py; wsgi_script_name /gz; gzip on; gzip_types text/plain;
+                            gzip_min_length 0; }
+            location /sub/ { wsgi_app @APPS@/slow.py; wsgi_script_name /sub;
+                             sub_filter_types text/plain;
+                             sub_filter AAAA aaaa; sub_filter CC cc;
+                             sub_filter_once off; }
+            location /slow/ { wsgi_app @APPS@/slow.py; wsgi_script_name /slow;
+                              limit_rate 8m; }""")
+
+
+@pytest.mark.parametrize("where,shape", [
+    ("plain", "generator"), ("plain", "list"), ("gzip", "generator"), ("gzip", "list"),
+    ("limit_rate", "generator"), ("limit_rate", "list"), ("sub_filter", "generator"),
+    ("sub_filter", "list")])
+def test_large_pieces_arrive_intact(nginx_module_servers, where, shape):
+    """Long body pieces go to nginx without a copy (the buffers point into the
+    application's bytes objects): whatever the filters in front do with them
+    (gzip reads them, sub_filter sends parts of them as buffers of its own,
+    limit_rate sends them over many write events), the client gets exactly the
+    application's bytes, and the objects outlive their buffers. (sub_filter
+    replaces within pieces only: every piece ends in a flush, and nginx ends a
+    partial match at a flush.)"""
+    srv = nginx_module_servers(PIECES_CONF, name="pieces", worker_processes=1)
+    n, size = 6, 300 * 1024
+    prefix = {"plain": "", "gzip": "/gz", "sub_filter": "/sub", "limit_rate": "/slow"}[where]
+    listed = "&list=1" if shape == "list" else ""
+    path = f"{prefix}/pieces?n={n}&size={size}{listed}"
+    expected = pieces_body(n, size)
+    if where == "sub_filter":
+        expected = expected.replace(b"A", b"a").replace(b"C", b"c")
+    headers = {"Accept-Encoding": "gzip"} if where == "gzip" else {"Accept-Encoding": "identity"}
+    resp = srv.get(path, headers=headers, timeout=30)
+    assert resp.status_code == 200, explain(resp, srv)
+    if where == "gzip":
+        assert resp.headers.get("Content-Encoding") == "gzip", resp.headers
+    body = resp.content  # requests decodes gzip
+    assert len(body) == len(expected), f"{len(body)} bytes, expected {len(expected)}"
+    assert body == expected, "body differs from the application's"
+    srv.check_log()
+
+
+def test_sent_pieces_are_released_during_the_response(nginx_servers):
+    """A 512 MiB response in 1 MiB pieces, each a new bytes object, read at full
+    speed: every piece is released once nginx has sent it, not at the end of the
+    request, so the worker's memory grows by a few pieces, not by the body."""
+    srv = nginx_servers(threads_conf(), name="release", worker_processes=1)
+    worker = only_worker(srv)
+    assert srv.get("/quick").status_code == 200  # warm up the thread pool
+    base_rss = proc_status_kb(worker, "VmRSS")
+    peak_reset = reset_peak_rss(worker)
+    n, size = 512, 1024 * 1024
+    received = 0
+    max_rss = base_rss
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(build_request("GET", f"/pieces?n={n}&size={size}"))
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            received += len(data)
+            if received % (16 << 20) < len(data):
+                max_rss = max(max_rss, proc_status_kb(worker, "VmRSS"))
+    peak = proc_status_kb(worker, "VmHWM") if peak_reset else max_rss
+    growth_mb = (max(peak, max_rss) - base_rss) / 1024
+    assert received > n * size, f"only {received} bytes arrived"
+    assert growth_mb < 96, f"worker memory grew by {growth_mb:.0f} MB for a {n} MiB body"
+    srv.check_log()
+
+
 # --------------------------------------------------------------------------
 # 4. client disconnect: close() is called and the thread returns to the pool
 # --------------------------------------------------------------------------

@@ -397,8 +397,8 @@ unsafe fn pump(ls: *mut LoopState) {
                     continue;
                 }
                 // Pieces that are already waiting go out together: one write, not one each.
+                let mut size = data.len();
                 let mut pieces = vec![data];
-                let mut size = pieces[0].len();
                 while size < COALESCE_LIMIT {
                     match ex.pop_body() {
                         Some(more) => {
@@ -408,14 +408,13 @@ unsafe fn pump(ls: *mut LoopState) {
                         None => break,
                     }
                 }
-                let slices: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
                 crate::debug!(
                     log_of(s.r),
                     "wsgi body: {size} bytes in {} pieces",
                     pieces.len()
                 );
                 // SAFETY: see `sink` above.
-                let sent = unsafe { (*sink).body_pieces(&slices) };
+                let sent = unsafe { (*sink).body_chunks(pieces) };
                 if sent_and_busy(s, sent) {
                     return;
                 }

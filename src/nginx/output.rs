@@ -4,7 +4,10 @@
 //! Ownership: body buffers come from the request pool, through nginx's own chain helpers
 //! (`ngx_chain_get_free_buf` / `ngx_chain_update_chains`, tagged with the module): once nginx
 //! has sent a buffer it returns to the free list with its memory, and the next piece that fits
-//! reuses it, so a long stream does not grow the pool by its length.
+//! reuses it, so a long stream does not grow the pool by its length. Long pieces from a
+//! Python thread are not copied: the buffer points into the application's own `bytes`
+//! (`Chunk::Shared`, marked `memory`: read-only), whose reference the request keeps in its
+//! pool (`Held`) until nginx has sent the buffer (its size is 0 again), then drops.
 
 use core::ffi::c_void;
 use core::ptr;
@@ -18,6 +21,7 @@ use ngx::ffi::{
 
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
+use crate::python::exchange::{Chunk, SHARE_MIN};
 use crate::python::file_wrapper::FileBody;
 use crate::python::response::{ResponseHead, Sink, SinkError};
 use crate::Module;
@@ -28,6 +32,17 @@ pub struct NgxSink {
     /// Buffers nginx may still hold, and buffers free for reuse (nginx's chain helpers).
     busy: *mut ngx_chain_t,
     free: *mut ngx_chain_t,
+    /// Chunks that buffers in `busy` point into, oldest first (in the request pool: nginx
+    /// may still send from them after the sink is gone). Null until the first.
+    held: *mut Held,
+}
+
+type Held = std::collections::VecDeque<Chunk>;
+
+extern "C" fn drop_held(data: *mut c_void) {
+    // SAFETY: the `Box<Held>` `held_list` registered with this cleanup; the pool (and every
+    // buffer pointing into the chunks) is going away.
+    drop(unsafe { Box::from_raw(data as *mut Held) });
 }
 
 fn tag() -> ngx_buf_tag_t {
@@ -43,6 +58,7 @@ impl NgxSink {
             r,
             busy: ptr::null_mut(),
             free: ptr::null_mut(),
+            held: ptr::null_mut(),
         }
     }
 
@@ -75,6 +91,11 @@ impl NgxSink {
         // recycled buffer's `start..end` is pool memory it owns, a new one is all zero.
         unsafe {
             let b = &mut *(*cl).buf;
+            if b.memory() != 0 {
+                // A buffer that pointed into a held chunk: no memory of its own.
+                b.start = ptr::null_mut();
+                b.end = ptr::null_mut();
+            }
             let room = if b.start.is_null() {
                 0
             } else {
@@ -632,26 +653,88 @@ impl NgxSink {
     /// Sends several body pieces in one chain (one pass through the filters, one write),
     /// flushed at its end.
     pub fn body_pieces(&mut self, pieces: &[&[u8]]) -> Result<(), SinkError> {
-        let mut out: *mut ngx_chain_t = ptr::null_mut();
-        let mut last: *mut ngx_chain_t = ptr::null_mut();
+        let mut chain = Chain::default();
         for piece in pieces.iter().filter(|p| !p.is_empty()) {
-            let cl = self.buffer(piece).ok_or(SinkError::Closed)?;
-            // SAFETY: our own fresh links; only the chain's last buffer is flushed.
-            unsafe {
-                if last.is_null() {
-                    out = cl;
-                } else {
-                    (*last).next = cl;
-                    (*(*last).buf).set_flush(0);
-                }
-            }
-            last = cl;
+            chain.push(self.buffer(piece).ok_or(SinkError::Closed)?);
         }
+        self.send_chain(chain)
+    }
+
+    /// `body_pieces` of a Python thread's chunks: long ones are sent from where they are.
+    pub fn body_chunks(&mut self, chunks: Vec<Chunk>) -> Result<(), SinkError> {
+        let mut chain = Chain::default();
+        for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+            let cl = match chunk {
+                Chunk::Owned(ref v) if v.len() < SHARE_MIN => self.buffer(v),
+                chunk => self.held_buffer(chunk),
+            };
+            chain.push(cl.ok_or(SinkError::Closed)?);
+        }
+        self.send_chain(chain)
+    }
+
+    /// A chain link whose buffer points at `chunk`, which the request holds until nginx has
+    /// sent it.
+    fn held_buffer(&mut self, chunk: Chunk) -> Option<*mut ngx_chain_t> {
+        let held = self.held_list()?;
+        // SAFETY: constructor contract: the live request's pool, on its thread.
+        let pool = unsafe { (*self.r).pool };
+        // SAFETY: `free` is this sink's own free list, of links from this pool.
+        let cl = unsafe { ngx_chain_get_free_buf(pool, &mut self.free) };
+        if cl.is_null() {
+            return None;
+        }
+        // SAFETY: `cl` and its buffer are ours until they are passed to the filters. A
+        // recycled buffer's own memory (if any) stays in the pool; the chunk's bytes do not
+        // move while it lives in `held`, which outlives every use of the buffer (released
+        // once nginx has sent it, or with the pool).
+        unsafe {
+            let b = &mut *(*cl).buf;
+            ptr::write_bytes(b as *mut _, 0, 1);
+            let start = chunk.as_ptr() as *mut u8;
+            b.start = start;
+            b.pos = start;
+            b.last = start.add(chunk.len());
+            b.end = b.last;
+            b.set_memory(1);
+            b.set_flush(1);
+            b.tag = tag();
+            (*cl).next = ptr::null_mut();
+            (*held).push_back(chunk);
+        }
+        Some(cl)
+    }
+
+    /// The request's list of held chunks, made (with its pool cleanup) on first use.
+    fn held_list(&mut self) -> Option<*mut Held> {
+        if self.held.is_null() {
+            // SAFETY: the live request's pool (constructor contract); the cleanup frees the
+            // list when the pool is destroyed.
+            unsafe {
+                let cln = ngx::ffi::ngx_pool_cleanup_add((*self.r).pool, 0);
+                if cln.is_null() {
+                    return None;
+                }
+                let held = Box::into_raw(Box::<Held>::default());
+                (*cln).handler = Some(drop_held);
+                (*cln).data = held as *mut c_void;
+                self.held = held;
+            }
+        }
+        Some(self.held)
+    }
+
+    /// Passes `chain` to the filters, flushed at its end; then nginx's helper moves the sent
+    /// buffers from `busy` to `free`, and chunks no buffer in `busy` points into any more are
+    /// dropped.
+    fn send_chain(&mut self, chain: Chain) -> Result<(), SinkError> {
+        let mut out = chain.first;
         if out.is_null() {
             return Ok(());
         }
-        // SAFETY: a chain of our own buffers into the live request's filters; then nginx's
-        // helper moves the sent ones from `busy` to `free` (the pool is the request's).
+        // SAFETY: a chain of our own buffers into the live request's filters; the pool is the
+        // request's; `held` (if set) is the request's list, and buffers leave `busy` in the
+        // order they entered it, so the still-busy `memory` buffers are the newest chunks.
         let rc = unsafe {
             let rc = ngx_http_output_filter(self.r, out);
             ngx_chain_update_chains(
@@ -661,6 +744,19 @@ impl NgxSink {
                 &mut out,
                 tag(),
             );
+            if !self.held.is_null() {
+                let mut busy_held = 0;
+                let mut cl = self.busy;
+                while !cl.is_null() {
+                    if (*(*cl).buf).memory() != 0 {
+                        busy_held += 1;
+                    }
+                    cl = (*cl).next;
+                }
+                let held = &mut *self.held;
+                let sent = held.len().saturating_sub(busy_held);
+                held.drain(..sent);
+            }
             rc
         };
         if rc == NGX_ERROR as ngx_int_t {
@@ -671,6 +767,36 @@ impl NgxSink {
             return Err(SinkError::Closed);
         }
         Ok(())
+    }
+}
+
+/// Links being put together into one chain; only the last buffer keeps its flush flag.
+struct Chain {
+    first: *mut ngx_chain_t,
+    last: *mut ngx_chain_t,
+}
+
+impl Default for Chain {
+    fn default() -> Chain {
+        Chain {
+            first: ptr::null_mut(),
+            last: ptr::null_mut(),
+        }
+    }
+}
+
+impl Chain {
+    fn push(&mut self, cl: *mut ngx_chain_t) {
+        // SAFETY: our own fresh links, each with a buffer.
+        unsafe {
+            if self.last.is_null() {
+                self.first = cl;
+            } else {
+                (*self.last).next = cl;
+                (*(*self.last).buf).set_flush(0);
+            }
+        }
+        self.last = cl;
     }
 }
 

@@ -35,10 +35,66 @@ pub fn set_waker(waker: Waker) {
     let _ = WAKER.set(waker);
 }
 
+/// Pieces at least this long go to the loop as the application's own `bytes` object, not a
+/// copy (`Chunk::Shared`); shorter ones are copied, which costs less than the reference.
+pub const SHARE_MIN: usize = 4096;
+
+/// A piece of body for the loop.
+pub enum Chunk {
+    Owned(Vec<u8>),
+    /// `len` bytes at `addr` inside a Python `bytes` object, which `owner` keeps alive: a
+    /// `bytes` object never changes or moves, so nginx sends straight from it. Dropped
+    /// anywhere (pyo3 defers the reference count to the next thread that takes the GIL).
+    Shared {
+        owner: Py<PyAny>,
+        addr: usize,
+        len: usize,
+    },
+}
+
+impl Chunk {
+    /// A slice of `owner`'s bytes: shared when long enough, else copied.
+    pub fn of(owner: &Bound<'_, PyAny>, data: &[u8]) -> Chunk {
+        if data.len() < SHARE_MIN {
+            return Chunk::Owned(data.to_vec());
+        }
+        Chunk::Shared {
+            owner: owner.clone().unbind(),
+            addr: data.as_ptr().expose_provenance(),
+            len: data.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::Owned(v) => v.len(),
+            Chunk::Shared { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the bytes are; valid while the chunk lives.
+    pub fn as_ptr(&self) -> *const u8 {
+        match self {
+            Chunk::Owned(v) => v.as_ptr(),
+            Chunk::Shared { addr, .. } => std::ptr::with_exposed_provenance(*addr),
+        }
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chunk({} bytes)", self.len())
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Head(ResponseHead),
-    Body(Vec<u8>),
+    Body(Chunk),
     /// `environ["nginx.log_vars"]`, at the end.
     LogVars(Vec<(String, String)>),
     /// A regular file as the whole body.
@@ -153,7 +209,7 @@ impl Exchange {
     }
 
     /// Loop side: takes the next event if it is a body piece.
-    pub fn pop_body(&self) -> Option<Vec<u8>> {
+    pub fn pop_body(&self) -> Option<Chunk> {
         let mut g = self.lock();
         if !matches!(g.events.front(), Some(Event::Body(_))) {
             return None;
@@ -216,15 +272,16 @@ impl Sink for ThreadSink {
     }
 
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        let ex = &self.ex;
-        // Only a full queue is waited for, and only then is the interpreter released.
-        let fits = ex.has_room(data.len())
-            || Python::attach(|py| py.detach(|| ex.wait_for_room(data.len())));
-        if !fits {
-            return Err(SinkError::Closed);
-        }
-        self.ex.push(Event::Body(data.to_vec()));
-        Ok(())
+        self.send(Chunk::Owned(data.to_vec()), false)
+    }
+
+    fn body_of(
+        &mut self,
+        data: &[u8],
+        owner: &Bound<'_, PyAny>,
+        batched: bool,
+    ) -> Result<(), SinkError> {
+        self.send(Chunk::of(owner, data), batched)
     }
 
     fn no_body(&self) -> bool {
@@ -244,12 +301,34 @@ impl Sink for ThreadSink {
     }
 
     fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        if self.ex.is_cancelled() {
+        self.send(Chunk::Owned(data.to_vec()), true)
+    }
+}
+
+impl ThreadSink {
+    /// Hands a piece of body to the loop; `batched` (more is at hand): staged for the next
+    /// hand-over when it fits.
+    fn send(&mut self, chunk: Chunk, batched: bool) -> Result<(), SinkError> {
+        let ex = &self.ex;
+        if ex.is_cancelled() {
             return Err(SinkError::Closed);
         }
-        match self.ex.stage(Event::Body(data.to_vec())) {
-            Ok(()) => Ok(()),
-            Err(_) => self.body(data),
+        let chunk = if batched {
+            match ex.stage(Event::Body(chunk)) {
+                Ok(()) => return Ok(()),
+                Err(Event::Body(chunk)) => chunk,
+                Err(_) => unreachable!("stage gives back the event it was given"),
+            }
+        } else {
+            chunk
+        };
+        // Only a full queue is waited for, and only then is the interpreter released.
+        let len = chunk.len();
+        let fits = ex.has_room(len) || Python::attach(|py| py.detach(|| ex.wait_for_room(len)));
+        if !fits {
+            return Err(SinkError::Closed);
         }
+        ex.push(Event::Body(chunk));
+        Ok(())
     }
 }

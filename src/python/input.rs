@@ -63,8 +63,8 @@ impl BodyReader {
         self.remaining
     }
 
-    /// Appends up to `max` bytes to `out`, from the current segment only. Returns the count.
-    fn read_some(&mut self, out: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+    /// Fills `out` from the current segment, as far as it goes. Returns the count.
+    fn read_some(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.seg < self.segments.len() {
             let seg = &self.segments[self.seg];
             let left = seg.len() - self.off;
@@ -73,23 +73,18 @@ impl BodyReader {
                 self.off = 0;
                 continue;
             }
-            let n = (left.min(max as u64)) as usize;
+            let n = (left.min(out.len() as u64)) as usize;
             match seg {
                 BodySegment::Memory(v) => {
                     let start = self.off as usize;
-                    out.extend_from_slice(&v[start..start + n]);
+                    out[..n].copy_from_slice(&v[start..start + n]);
                 }
                 BodySegment::File { file, offset, .. } => {
-                    let at = out.len();
-                    out.resize(at + n, 0);
                     let mut done = 0;
                     while done < n {
-                        let got = file.read_at(
-                            &mut out[at + done..at + n],
-                            offset + self.off + done as u64,
-                        )?;
+                        let got =
+                            file.read_at(&mut out[done..n], offset + self.off + done as u64)?;
                         if got == 0 {
-                            out.truncate(at + done);
                             return Err(std::io::Error::new(
                                 std::io::ErrorKind::UnexpectedEof,
                                 "request body temp file is shorter than expected",
@@ -106,19 +101,31 @@ impl BodyReader {
         Ok(0)
     }
 
-    /// Reads `size` bytes (all that is left when `None`).
-    pub fn read(&mut self, size: Option<usize>) -> std::io::Result<Vec<u8>> {
-        let want = match size {
+    /// How many bytes `read(size)` gives.
+    pub fn wanted(&self, size: Option<usize>) -> usize {
+        match size {
             Some(n) => (n as u64).min(self.remaining) as usize,
             None => self.remaining as usize,
-        };
-        let mut out = Vec::with_capacity(want);
-        while out.len() < want {
-            let left = want - out.len();
-            if self.read_some(&mut out, left)? == 0 {
-                break;
+        }
+    }
+
+    /// Fills `out` (less only at the end of the body). Returns the count.
+    pub fn read_into(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut done = 0;
+        while done < out.len() {
+            match self.read_some(&mut out[done..])? {
+                0 => break,
+                n => done += n,
             }
         }
+        Ok(done)
+    }
+
+    /// Reads `size` bytes (all that is left when `None`).
+    pub fn read(&mut self, size: Option<usize>) -> std::io::Result<Vec<u8>> {
+        let mut out = vec![0; self.wanted(size)];
+        let n = self.read_into(&mut out)?;
+        out.truncate(n);
         Ok(out)
     }
 
@@ -225,8 +232,18 @@ impl WsgiInput {
 impl WsgiInput {
     #[pyo3(signature = (size=None))]
     fn read<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with(py, |r| r.read(size_arg(size)))?;
-        Ok(PyBytes::new(py, &data))
+        // Read straight into the new bytes object: one copy, not two.
+        let want = self.with(py, |r| Ok(r.wanted(size_arg(size))))?;
+        let mut got = 0;
+        let bytes = PyBytes::new_with(py, want, |buf| {
+            got = self.with(py, |r| r.read_into(buf))?;
+            Ok(())
+        })?;
+        if got < want {
+            // Another thread read from the same stream meanwhile.
+            return Ok(PyBytes::new(py, &bytes.as_bytes()[..got]));
+        }
+        Ok(bytes)
     }
 
     #[pyo3(signature = (size=None))]

@@ -90,6 +90,20 @@ pub trait Sink {
     fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
         self.body(data)
     }
+    /// `body` (or `body_batched`) of a slice of `owner`, a Python `bytes` object the sink
+    /// may keep instead of copying the slice.
+    fn body_of(
+        &mut self,
+        data: &[u8],
+        _owner: &Bound<'_, PyAny>,
+        batched: bool,
+    ) -> Result<(), SinkError> {
+        if batched {
+            self.body_batched(data)
+        } else {
+            self.body(data)
+        }
+    }
 }
 
 /// RFC 9110 `tchar`.
@@ -284,12 +298,13 @@ impl Responder {
 
     /// Sends a piece of body, headers first. A body longer than the declared
     /// Content-Length is cut at that length.
-    pub fn send_body(&mut self, data: &[u8]) -> PyResult<()> {
-        self.send_body_as(data, false)
+    pub fn send_body(&mut self, bytes: &Bound<'_, PyBytes>) -> PyResult<()> {
+        self.send_body_as(bytes, false)
     }
 
     /// `send_body`; `batched` when more of the body is already at hand (see `Sink`).
-    pub fn send_body_as(&mut self, data: &[u8], batched: bool) -> PyResult<()> {
+    pub fn send_body_as(&mut self, bytes: &Bound<'_, PyBytes>, batched: bool) -> PyResult<()> {
+        let data = bytes.as_bytes();
         self.send_headers()?;
         if !self.body_allowed || data.is_empty() {
             return Ok(());
@@ -305,11 +320,7 @@ impl Responder {
                 }
             }
         }
-        let sent = if batched {
-            self.sink.body_batched(data)
-        } else {
-            self.sink.body(data)
-        };
+        let sent = self.sink.body_of(data, bytes.as_any(), batched);
         match sent {
             Ok(()) => {
                 self.bytes_sent += data.len() as u64;
@@ -526,7 +537,7 @@ impl Write {
                 "write() called after the response body ended (from close()?)",
             ));
         }
-        r.send_body(bytes.as_bytes())
+        r.send_body(bytes)
     }
 }
 

@@ -476,7 +476,7 @@ fn send_item(
             }
         }
     }
-    r.send_body_as(data, in_list)
+    r.send_body_as(bytes, in_list)
 }
 
 /// After the headers of a response without a body (HEAD, 204, 304), stop pulling the body.

@@ -14,6 +14,9 @@ Routes (on PATH_INFO):
                         a generator of N bytes in C-byte pieces (defaults 200 MB, 64 KiB);
                         T.count always holds how many pieces it has produced, and
                         T.closed is written when the iterable's close() is called
+/pieces?n=N&size=S&list=L
+                        N pieces of S bytes, each a new bytes object of one letter (A, B,
+                        C, ... in turn): a generator, or a list when L is 1
 /ticker?token=T         1 KiB every 0.1 s for up to 20 s; close() writes T.closed
 /timeout?token=T        sleeps 0.1 s up to 100 times; when a RequestTimeout arrives it
                         writes T.interrupted ("<module>.<class> <i>") and re-raises it
@@ -125,6 +128,12 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                   ("Content-Length", str(total))])
         return Recorded(token, _stream(token, total, chunk))
+
+    if path == "/pieces":
+        n, size = int(q.get("n", "4")), int(q.get("size", str(1024 * 1024)))
+        pieces = (bytes([65 + i % 26]) * size for i in range(n))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return list(pieces) if q.get("list") == "1" else pieces
 
     if path == "/ticker":
         start_response("200 OK", [("Content-Type", "text/plain")])
