@@ -68,6 +68,8 @@ pub struct Pool {
     capacity: usize,
     threads: usize,
     pub busy: AtomicUsize,
+    /// The queue's length, kept beside it for readers that need no lock.
+    queued: AtomicUsize,
     running: AtomicUsize,
     /// Kernel thread ids of the threads running a job now (0: none), by thread.
     working: Vec<std::sync::atomic::AtomicI32>,
@@ -118,6 +120,7 @@ impl Pool {
             return Err(job);
         }
         q.jobs.push_back(job);
+        self.queued.store(q.jobs.len(), Ordering::Relaxed);
         // An awake thread takes it, at once or after its job; a sleeper is woken when no
         // thread is awake, or when the application blocks and the awake ones are not enough.
         let awake = self.threads.saturating_sub(q.sleepers);
@@ -144,8 +147,9 @@ impl Pool {
         q.woken += 1;
     }
 
+    /// Jobs waiting for a thread (without the lock: for figures and messages).
     pub fn waiting(&self) -> usize {
-        self.lock().jobs.len()
+        self.queued.load(Ordering::Relaxed)
     }
 
     pub fn interrupt(&self, ex: Arc<Exchange>, message: String) {
@@ -157,6 +161,7 @@ impl Pool {
         let mut q = self.lock();
         loop {
             if let Some(job) = q.jobs.pop_front() {
+                self.queued.store(q.jobs.len(), Ordering::Relaxed);
                 let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
                 crate::stats::set_load(busy, q.jobs.len());
                 return Some(job);
@@ -179,8 +184,13 @@ impl Pool {
 
     /// The next job for a thread that just finished one.
     fn try_next_job(&self) -> Option<Job> {
+        if self.queued.load(Ordering::Relaxed) == 0 {
+            // `next_job` looks again under the lock.
+            return None;
+        }
         let mut q = self.lock();
         let job = q.jobs.pop_front()?;
+        self.queued.store(q.jobs.len(), Ordering::Relaxed);
         let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
         crate::stats::set_load(busy, q.jobs.len());
         Some(job)
@@ -281,6 +291,7 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
         capacity,
         threads,
         busy: AtomicUsize::new(0),
+        queued: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
         working: (0..threads)
             .map(|_| std::sync::atomic::AtomicI32::new(0))
@@ -338,6 +349,7 @@ pub fn stop(grace: Duration) -> bool {
     let deadline = Instant::now() + grace;
     let mut q = pool.lock();
     q.shutdown = true;
+    pool.queued.store(0, Ordering::Relaxed);
     for job in q.jobs.drain(..) {
         job.ex.cancel();
     }
