@@ -114,6 +114,8 @@ struct Inner {
     queued: usize,
     /// Already in the bridge's list of exchanges with news.
     scheduled: bool,
+    /// The thread waits on `room` (a notification is a futex call: only then).
+    waiting_room: bool,
 }
 
 pub struct Exchange {
@@ -201,9 +203,7 @@ impl Exchange {
         let ev = g.events.pop_front();
         if let Some(Event::Body(b)) = &ev {
             g.queued -= b.len();
-            if g.queued < QUEUE_LIMIT {
-                self.room.notify_all();
-            }
+            self.made_room(&g);
         }
         ev
     }
@@ -218,9 +218,7 @@ impl Exchange {
             return None;
         };
         g.queued -= b.len();
-        if g.queued < QUEUE_LIMIT {
-            self.room.notify_all();
-        }
+        self.made_room(&g);
         Some(b)
     }
 
@@ -228,6 +226,12 @@ impl Exchange {
     /// later pushes schedule it again.
     pub fn unschedule(&self) {
         self.lock().scheduled = false;
+    }
+
+    fn made_room(&self, g: &Inner) {
+        if g.waiting_room && g.queued < QUEUE_LIMIT {
+            self.room.notify_all();
+        }
     }
 
     fn has_room(&self, len: usize) -> bool {
@@ -239,7 +243,9 @@ impl Exchange {
     fn wait_for_room(&self, len: usize) -> bool {
         let mut g = self.lock();
         while !self.is_cancelled() && g.queued > 0 && g.queued + len > QUEUE_LIMIT {
+            g.waiting_room = true;
             g = self.room.wait(g).unwrap_or_else(|e| e.into_inner());
+            g.waiting_room = false;
         }
         !self.is_cancelled()
     }
