@@ -328,6 +328,10 @@ impl ThreadSink {
         } else {
             chunk
         };
+        // The loop drops the shared chunks nginx has sent without the GIL: pyo3 releases
+        // them when a thread attaches, as this (attached) one does here, so a long response
+        // frees its pieces as it goes.
+        Python::attach(|_| ());
         // Only a full queue is waited for, and only then is the interpreter released.
         let len = chunk.len();
         let fits = ex.has_room(len) || Python::attach(|py| py.detach(|| ex.wait_for_room(len)));
