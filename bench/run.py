@@ -332,6 +332,7 @@ http {{
     sendfile on;
     tcp_nopush on;
     client_max_body_size 4m;
+    client_body_buffer_size 2m;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     fastcgi_temp_path {prefix}/tmp/fastcgi;
