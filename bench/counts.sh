@@ -44,6 +44,7 @@ printf '%-8s %8s %8s %9s %8s %8s %8s %8s\n' mode req/s "cs/req" "futex/req" "wak
   "write/req" "epoll/req" requests
 for mode in $MODES; do
   OUT=$(mktemp -d "${TMPDIR:-/tmp}/ngx-wsgi-counts.XXXXXX")
+  chmod 755 "$OUT"   # the workers (not root) write temp files under it
   mkdir -p "$OUT/logs" "$OUT/tmp"
   PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   THREADS_LINE=""

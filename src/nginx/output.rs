@@ -77,16 +77,20 @@ impl NgxSink {
         })
     }
 
+    /// A link with a buffer: one of this sink's free ones, else a new one (all zero).
+    fn free_link(&mut self) -> Option<*mut ngx_chain_t> {
+        // SAFETY: constructor contract: the live request's pool, on its thread; `free` is this
+        // sink's own free list, of links from this pool.
+        let cl = unsafe { ngx_chain_get_free_buf((*self.r).pool, &mut self.free) };
+        (!cl.is_null()).then_some(cl)
+    }
+
     /// A chain link whose buffer holds a copy of `data`: a free buffer of the module's when
     /// its memory is large enough, else fresh pool memory.
     fn buffer(&mut self, data: &[u8]) -> Option<*mut ngx_chain_t> {
+        let cl = self.free_link()?;
         // SAFETY: constructor contract: the live request's pool, on its thread.
         let pool = unsafe { (*self.r).pool };
-        // SAFETY: `free` is this sink's own free list, of links from this pool.
-        let cl = unsafe { ngx_chain_get_free_buf(pool, &mut self.free) };
-        if cl.is_null() {
-            return None;
-        }
         // SAFETY: `cl` and its buffer are ours until they are passed to the filters; a
         // recycled buffer's `start..end` is pool memory it owns, a new one is all zero.
         unsafe {
@@ -677,13 +681,7 @@ impl NgxSink {
     /// sent it.
     fn held_buffer(&mut self, chunk: Chunk) -> Option<*mut ngx_chain_t> {
         let held = self.held_list()?;
-        // SAFETY: constructor contract: the live request's pool, on its thread.
-        let pool = unsafe { (*self.r).pool };
-        // SAFETY: `free` is this sink's own free list, of links from this pool.
-        let cl = unsafe { ngx_chain_get_free_buf(pool, &mut self.free) };
-        if cl.is_null() {
-            return None;
-        }
+        let cl = self.free_link()?;
         // SAFETY: `cl` and its buffer are ours until they are passed to the filters. A
         // recycled buffer's own memory (if any) stays in the pool; the chunk's bytes do not
         // move while it lives in `held`, which outlives every use of the buffer (released
