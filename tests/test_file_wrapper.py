@@ -149,17 +149,27 @@ def open_flags(pid, path):
     return flags
 
 
+def slow_client(srv, path):
+    """A socket with a small receive buffer that has sent GET `path` and reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.settimeout(10)
+    try:
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(build_request("GET", path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @pytest.mark.parametrize("prefix, direct", [("/direct", True), ("", False)])
 def test_directio_is_set_on_large_files(files, prefix, direct):
     """While nginx sends a file past `directio`, its descriptor has O_DIRECT (and not
     without the directive)."""
     worker = next(iter(files.worker_pids()))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    sock.settimeout(10)
+    sock = slow_client(files, f"{prefix}/file?path={files.big}")
     try:
-        sock.connect(("127.0.0.1", files.port))
-        sock.sendall(build_request("GET", f"{prefix}/file?path={files.big}"))
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         flags = wait_until(lambda: open_flags(worker, files.big), 5, what="the open file")
         assert all(bool(f & os.O_DIRECT) == direct for f in flags), [oct(f) for f in flags]
@@ -180,12 +190,8 @@ def test_thread_free_and_memory_flat_while_a_slow_client_gets_a_big_file(files):
     worker = next(iter(files.worker_pids()))
     assert files.get("/quick").status_code == 200
     base = proc_status_kb(worker, "VmRSS")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    sock.settimeout(10)
+    sock = slow_client(files, f"/file?path={files.big}")
     try:
-        sock.connect(("127.0.0.1", files.port))
-        sock.sendall(build_request("GET", f"/file?path={files.big}"))
         head = sock.recv(4096)
         assert head.startswith(b"HTTP/1.1 200"), head[:200]
         # The one Python thread is free: another request is answered while the first waits.
@@ -204,11 +210,7 @@ def test_client_gone_while_output_waits_ends_the_request(files, path):
     """The application has produced the whole response (its thread is done) while nginx
     still waits for the client; the client then goes away. The request must end at once
     (in_flight back to 0), not wait for ever, which would also hold up a graceful quit."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", files.port))
-    sock.sendall(build_request("GET", path.format(big=files.big)))
+    sock = slow_client(files, path.format(big=files.big))
     assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     sock.close()
 

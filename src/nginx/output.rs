@@ -648,23 +648,19 @@ impl Sink for NgxSink {
         r.header_only() != 0 || r.method == ngx::ffi::NGX_HTTP_HEAD as ngx_uint_t
     }
 
+    /// Sends (and flushes) a copy of `data`.
     fn body(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        self.body_pieces(&[data])
+        let mut chain = Chain::default();
+        if !data.is_empty() {
+            chain.push(self.buffer(data).ok_or(SinkError::Closed)?);
+        }
+        self.send_chain(chain)
     }
 }
 
 impl NgxSink {
-    /// Sends several body pieces in one chain (one pass through the filters, one write),
-    /// flushed at its end.
-    pub fn body_pieces(&mut self, pieces: &[&[u8]]) -> Result<(), SinkError> {
-        let mut chain = Chain::default();
-        for piece in pieces.iter().filter(|p| !p.is_empty()) {
-            chain.push(self.buffer(piece).ok_or(SinkError::Closed)?);
-        }
-        self.send_chain(chain)
-    }
-
-    /// `body_pieces` of a Python thread's chunks: long ones are sent from where they are.
+    /// Sends a Python thread's pieces in one chain (one pass through the filters, one
+    /// write), flushed at its end: long ones from where they are, short ones copied.
     pub fn body_chunks(&mut self, chunks: Vec<Chunk>) -> Result<(), SinkError> {
         let mut chain = Chain::default();
         for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {

@@ -305,10 +305,6 @@ impl Sink for ThreadSink {
         self.ex.push(Event::File(file));
         Ok(())
     }
-
-    fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        self.send(Chunk::Owned(data.to_vec()), true)
-    }
 }
 
 impl ThreadSink {

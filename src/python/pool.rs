@@ -77,8 +77,6 @@ pub struct Pool {
     /// the kernel while jobs waited). While it holds, a job that finds no free awake thread
     /// wakes a sleeper at once.
     blocking: std::sync::atomic::AtomicBool,
-    /// When the watchdog last found jobs waiting `RAMP` (the watchdog's own).
-    last_aged: Mutex<Instant>,
 }
 
 /// Jobs have waited this long (and every running thread is blocked): wake more threads.
@@ -199,9 +197,8 @@ impl Pool {
     /// The watchdog's look at the queue: jobs have waited and every thread running a job is
     /// asleep in the kernel (so the GIL is free for more), or none runs one: wake a sleeping
     /// thread per waiting job.
-    fn starved(&self) {
+    fn starved(&self, last_aged: &mut Instant) {
         let q = self.lock();
-        let mut last_aged = self.last_aged.lock().unwrap_or_else(|e| e.into_inner());
         if !aged(&q, RAMP) {
             // The awake threads keep up; the verdict lasts until they have for `SETTLE`
             // (cleared as soon as they do, the threads the application needs would go to
@@ -212,7 +209,6 @@ impl Pool {
             return;
         }
         *last_aged = Instant::now();
-        drop(last_aged);
         if q.sleepers == 0 {
             return;
         }
@@ -247,7 +243,9 @@ impl Pool {
         }
     }
 
-    fn next_interrupt(&self) -> Option<Interrupt> {
+    /// The next interrupt for the watchdog; between them it looks at the queue every `WATCH`
+    /// (`last_aged`: when it last found jobs waiting `RAMP`).
+    fn next_interrupt(&self, last_aged: &mut Instant) -> Option<Interrupt> {
         let mut q = self.lock();
         loop {
             if let Some(i) = q.interrupts.pop_front() {
@@ -261,7 +259,7 @@ impl Pool {
                 .wait_timeout(q, WATCH)
                 .unwrap_or_else(|e| e.into_inner());
             drop(next);
-            self.starved();
+            self.starved(last_aged);
             q = self.lock();
         }
     }
@@ -297,7 +295,6 @@ fn spawn_all(threads: usize, capacity: usize) -> std::io::Result<()> {
             .map(|_| std::sync::atomic::AtomicI32::new(0))
             .collect(),
         blocking: std::sync::atomic::AtomicBool::new(false),
-        last_aged: Mutex::new(Instant::now()),
     });
     // Published only once every thread runs: requests never wait for threads that failed to
     // start (the handler answers 503 without a pool).
@@ -433,7 +430,8 @@ fn run_job(py: Python<'_>, job: Job) -> Outcome {
 }
 
 fn watchdog_thread(py: Python<'_>, pool: &Pool) {
-    while let Some(Interrupt { ex, message }) = py.detach(|| pool.next_interrupt()) {
+    let mut last_aged = Instant::now();
+    while let Some(Interrupt { ex, message }) = py.detach(|| pool.next_interrupt(&mut last_aged)) {
         let ident = ex.thread_ident.load(Ordering::Acquire);
         if ident == 0 {
             // Finished in the meantime.

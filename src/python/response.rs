@@ -85,24 +85,16 @@ pub trait Sink {
     fn log_vars(&mut self, _vars: Vec<(String, String)>) {}
     /// Sends `len` bytes of a regular file as the body (nginx reads it, with sendfile).
     fn file(&mut self, file: crate::python::file_wrapper::FileBody) -> Result<(), SinkError>;
-    /// Sends a piece of a body whose next piece is already at hand (a list): the sink may
-    /// hold it until the next piece or the end, to hand the response over at once.
-    fn body_batched(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        self.body(data)
-    }
-    /// `body` (or `body_batched`) of a slice of `owner`, a Python `bytes` object the sink
-    /// may keep instead of copying the slice.
+    /// `body` of a slice of `owner`, a Python `bytes` object the sink may keep instead of
+    /// copying the slice; `batched` when the next piece is already at hand (a list): the sink
+    /// may hold it until the next piece or the end, to hand the response over at once.
     fn body_of(
         &mut self,
         data: &[u8],
         _owner: &Bound<'_, PyAny>,
-        batched: bool,
+        _batched: bool,
     ) -> Result<(), SinkError> {
-        if batched {
-            self.body_batched(data)
-        } else {
-            self.body(data)
-        }
+        self.body(data)
     }
 }
 
